@@ -1,0 +1,313 @@
+"""Node and edge identities, and the ONE mapping from nodes to hook names.
+
+No other module spells a hook name. Ids follow DESIGN §3: ``input``, ``a3.h5`` (head output
+z), ``a3.h5<q>`` (its query), ``m2`` (MLP output), ``m2.n17`` (one neuron), ``logits``;
+per-position nodes add ``@t`` (``a3.h5<q>@7``). In a grouped-query model a key or value
+node is one KV head and says so: ``a3.kv1<k>``. Edges are ``a0.h1->a3.h5<k>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from circuitgraph.errors import ConfigError
+from circuitgraph.model import ModelInfo
+
+__all__ = [
+    "NODE_KINDS",
+    "Edge",
+    "HookSite",
+    "Node",
+    "NodeKind",
+    "enumerate_nodes",
+    "hook_site",
+    "hooks",
+]
+
+NodeKind = Literal["input", "head", "q", "k", "v", "mlp", "neuron", "logits"]
+#: kinds that ``enumerate_nodes`` screens (``input`` and ``logits`` are graph ends only)
+NODE_KINDS: tuple[str, ...] = ("head", "q", "k", "v", "mlp", "neuron")
+_ORDER = {"input": 0, "q": 1, "k": 2, "v": 3, "head": 4, "mlp": 5, "neuron": 6, "logits": 7}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One component of the model.
+
+    ``index`` is the head (or KV head when ``grouped``), or the neuron; ``position`` is a
+    token position for per-position nodes and None for all positions.
+
+    Example:
+        >>> Node("q", 3, 5).id
+        'a3.h5<q>'
+        >>> Node.parse("m2.n17@4")
+        Node(kind='neuron', layer=2, index=17, position=4, grouped=False)
+    """
+
+    kind: NodeKind
+    layer: int = -1
+    index: int | None = None
+    position: int | None = None
+    grouped: bool = False
+
+    @property
+    def id(self) -> str:
+        k, layer, i = self.kind, self.layer, self.index
+        if k in ("input", "logits"):
+            base = k
+        elif k == "head":
+            base = f"a{layer}.h{i}"
+        elif k in ("q", "k", "v"):
+            base = f"a{layer}.{'kv' if self.grouped else 'h'}{i}<{k}>"
+        elif k == "mlp":
+            base = f"m{layer}"
+        else:
+            base = f"m{layer}.n{i}"
+        return base if self.position is None else f"{base}@{self.position}"
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def sort_key(self) -> tuple[int, int, int, int, int]:
+        """Topological order: by layer, then input side before output side within a layer."""
+        layer = -1 if self.kind == "input" else (10**6 if self.kind == "logits" else self.layer)
+        return (
+            layer,
+            _ORDER[self.kind],
+            -1 if self.index is None else self.index,
+            -1 if self.position is None else self.position,
+            int(self.grouped),
+        )
+
+    def at(self, position: int | None) -> Node:
+        """The same node restricted to one token position (None: all positions)."""
+        return Node(self.kind, self.layer, self.index, position, self.grouped)
+
+    @classmethod
+    def parse(cls, text: str) -> Node:
+        m = _NODE_RE.fullmatch(text.strip())
+        if m is None:
+            raise ConfigError(
+                f"expected a node id like 'a3.h5', 'a3.h5<q>', 'm2', 'm2.n17', 'input' or "
+                f"'logits' but got {text!r}"
+            )
+        pos = int(m["pos"]) if m["pos"] is not None else None
+        if m["end"]:
+            return cls(m["end"], position=pos)  # type: ignore[arg-type]
+        if m["alayer"] is not None:
+            qkv = m["qkv"]
+            grouped = m["hk"] == "kv"
+            if grouped and qkv not in ("k", "v"):
+                raise ConfigError(f"a KV-head id must name <k> or <v>, got {text!r}")
+            kind = qkv or "head"
+            return cls(kind, int(m["alayer"]), int(m["head"]), pos, grouped)  # type: ignore[arg-type]
+        if m["neuron"] is not None:
+            return cls("neuron", int(m["mlayer"]), int(m["neuron"]), pos)
+        return cls("mlp", int(m["mlayer"]), None, pos)
+
+
+_NODE_RE = re.compile(
+    r"(?:(?P<end>input|logits)"
+    r"|a(?P<alayer>\d+)\.(?P<hk>h|kv)(?P<head>\d+)(?:<(?P<qkv>[qkv])>)?"
+    r"|m(?P<mlayer>\d+)(?:\.n(?P<neuron>\d+))?)"
+    r"(?:@(?P<pos>\d+))?"
+)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A connection: ``src``'s output read as ``dst``'s input only.
+
+    Sources are ``input``, heads and MLPs; targets are a head's q/k/v input, an MLP's
+    input, or the logits.
+
+    Example:
+        >>> Edge.parse("a0.h1->a3.h5<k>").dst.kind
+        'k'
+    """
+
+    src: Node
+    dst: Node
+
+    @property
+    def id(self) -> str:
+        return f"{self.src.id}->{self.dst.id}"
+
+    def __str__(self) -> str:
+        return self.id
+
+    @classmethod
+    def parse(cls, text: str) -> Edge:
+        if "->" not in text:
+            raise ConfigError(f"expected an edge id like 'a0.h1->a3.h5<k>' but got {text!r}")
+        src, dst = text.split("->", 1)
+        return cls(Node.parse(src), Node.parse(dst))
+
+
+# --------------------------------------------------------------------------------------
+# Hook names: the only place in the project where they are written down.
+# --------------------------------------------------------------------------------------
+
+
+class hooks:  # noqa: N801 - a namespace, used as hooks.z(3)
+    """Hook-point names of a ``TransformerBridge``, by role."""
+
+    embed = "hook_embed"
+    pos_embed = "hook_pos_embed"
+
+    @staticmethod
+    def resid_pre(layer: int) -> str:
+        return f"blocks.{layer}.hook_resid_pre"
+
+    @staticmethod
+    def resid_mid(layer: int) -> str:
+        return f"blocks.{layer}.hook_resid_mid"
+
+    @staticmethod
+    def resid_post(layer: int) -> str:
+        return f"blocks.{layer}.hook_resid_post"
+
+    @staticmethod
+    def z(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_z"
+
+    @staticmethod
+    def q(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_q"
+
+    @staticmethod
+    def k(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_k"
+
+    @staticmethod
+    def v(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_v"
+
+    @staticmethod
+    def rot_q(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_rot_q"
+
+    @staticmethod
+    def rot_k(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_rot_k"
+
+    @staticmethod
+    def pattern(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_pattern"
+
+    @staticmethod
+    def scores(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_attn_scores"
+
+    @staticmethod
+    def attn_out(layer: int) -> str:
+        return f"blocks.{layer}.hook_attn_out"
+
+    @staticmethod
+    def mlp_out(layer: int) -> str:
+        return f"blocks.{layer}.hook_mlp_out"
+
+    @staticmethod
+    def mlp_post(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_post"
+
+    @staticmethod
+    def ln1_scale(layer: int) -> str:
+        return f"blocks.{layer}.ln1.hook_scale"
+
+    @staticmethod
+    def ln2_scale(layer: int) -> str:
+        return f"blocks.{layer}.ln2.hook_scale"
+
+    ln_final_scale = "ln_final.hook_scale"
+
+
+@dataclass(frozen=True)
+class HookSite:
+    """Where a node lives: a hook name, and the axis that indexes it in the hook's tensor.
+
+    The hook tensor is ``[batch, pos, ...]``; ``head_axis`` (2 for z/q/k/v, None for mlp)
+    or the last axis for neurons is indexed by ``node.index``.
+    """
+
+    name: str
+    index: int | None  # head / KV head at axis 2, or neuron at axis 2; None = whole tensor
+
+
+def hook_site(node: Node) -> HookSite:
+    """The hook that carries a node's activation.
+
+    Example:
+        >>> hook_site(Node("k", 1, 0, grouped=True))
+        HookSite(name='blocks.1.attn.hook_k', index=0)
+    """
+    k, layer = node.kind, node.layer
+    if k == "head":
+        return HookSite(hooks.z(layer), node.index)
+    if k in ("q", "k", "v"):
+        name = {"q": hooks.q, "k": hooks.k, "v": hooks.v}[k](layer)
+        return HookSite(name, node.index)
+    if k == "mlp":
+        return HookSite(hooks.mlp_out(layer), None)
+    if k == "neuron":
+        return HookSite(hooks.mlp_post(layer), node.index)
+    if k == "input":
+        return HookSite(hooks.embed, None)
+    raise ConfigError(f"the {k!r} node has no activation to patch; patch its sources instead")
+
+
+def enumerate_nodes(
+    info: ModelInfo,
+    kinds: Iterable[str] = ("head", "mlp"),
+    per_position: bool = False,
+    seq_len: int | None = None,
+    layers: Sequence[int] | None = None,
+) -> list[Node]:
+    """All nodes of the given kinds, in topological order.
+
+    Args:
+        info: the model's :class:`~circuitgraph.model.ModelInfo`.
+        kinds: any of ``head``, ``q``, ``k``, ``v``, ``mlp``, ``neuron``.
+        per_position: one node per token position (needs ``seq_len``).
+        layers: restrict to these layers.
+
+    Example:
+        >>> from circuitgraph.model import ModelInfo
+        >>> info = ModelInfo("m", 2, 4, 2, 32, 8, 64, "RMS", True, True, False, 50, 32)
+        >>> [n.id for n in enumerate_nodes(info, ["k"], layers=[0])]
+        ['a0.kv0<k>', 'a0.kv1<k>']
+    """
+    kinds = list(kinds)
+    unknown = sorted(set(kinds) - set(NODE_KINDS))
+    if unknown:
+        raise ConfigError(
+            f"expected node kinds among {list(NODE_KINDS)} but got {unknown}; pick from those"
+        )
+    if per_position and seq_len is None:
+        raise ConfigError("per-position nodes need the sequence length (seq_len)")
+    if info.attn_only and ({"mlp", "neuron"} & set(kinds)):
+        kinds = [k for k in kinds if k not in ("mlp", "neuron")]
+    out: list[Node] = []
+    for layer in layers if layers is not None else range(info.n_layers):
+        for kind in kinds:
+            out.extend(_layer_nodes(info, kind, layer))
+    out.sort(key=lambda n: n.sort_key)
+    if per_position:
+        assert seq_len is not None
+        out = [n.at(t) for n in out for t in range(seq_len)]
+    return out
+
+
+def _layer_nodes(info: ModelInfo, kind: str, layer: int) -> list[Node]:
+    if kind in ("head", "q"):
+        return [Node(kind, layer, h) for h in range(info.n_heads)]  # type: ignore[arg-type]
+    if kind in ("k", "v"):
+        g = info.grouped_query
+        return [Node(kind, layer, h, None, g) for h in range(info.n_kv_heads)]  # type: ignore[arg-type]
+    if kind == "mlp":
+        return [Node("mlp", layer)]
+    return [Node("neuron", layer, i) for i in range(info.d_mlp)]

@@ -1,0 +1,213 @@
+"""The prompt-pair batch type and turning text pairs into it.
+
+Pairs are right-padded. In a causal model a padded position can never influence an earlier
+one, so every pair's metric, read at its own answer position, is exactly what the model
+gives the unpadded prompt: no attention mask is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from circuitgraph.errors import DataError
+
+__all__ = ["PromptPairs", "TextPair", "tokenize_pairs"]
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """One prompt pair as text: the clean prompt, its corrupt twin, the answer and a wrong answer."""
+
+    clean: str
+    corrupt: str
+    answer: str
+    wrong: str
+
+
+@dataclass(frozen=True)
+class PromptPairs:
+    """A batch of tokenized prompt pairs.
+
+    ``clean[i]`` and ``corrupt[i]`` have the same length; pair ``i``'s metric is read from
+    the logits at ``answer_pos[i]`` (the last real token), comparing ``answer[i]`` with
+    ``wrong[i]``. ``mask`` is True on real tokens.
+
+    Example:
+        >>> import torch
+        >>> p = PromptPairs.from_tokens([[2, 5, 6]], [[2, 7, 6]], [8], [9])
+        >>> len(p), p.answer_pos.tolist()
+        (1, [2])
+    """
+
+    clean: Int[Tensor, "n t"]
+    corrupt: Int[Tensor, "n t"]
+    answer: Int[Tensor, " n"]
+    wrong: Int[Tensor, " n"]
+    answer_pos: Int[Tensor, " n"]
+    mask: Bool[Tensor, "n t"]
+
+    def __post_init__(self) -> None:
+        n, t = self.clean.shape
+        if self.corrupt.shape != (n, t) or self.mask.shape != (n, t):
+            raise DataError(
+                f"expected clean, corrupt and mask of one shape but got {tuple(self.clean.shape)}, "
+                f"{tuple(self.corrupt.shape)} and {tuple(self.mask.shape)}"
+            )
+        for name in ("answer", "wrong", "answer_pos"):
+            if getattr(self, name).shape != (n,):
+                raise DataError(f"expected {name} of shape ({n},) but got {getattr(self, name).shape}")
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.clean.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.clean.device
+
+    @classmethod
+    def from_tokens(
+        cls,
+        clean: Sequence[Sequence[int]],
+        corrupt: Sequence[Sequence[int]],
+        answer: Sequence[int],
+        wrong: Sequence[int],
+        pad_id: int = 0,
+    ) -> PromptPairs:
+        """Build a batch from token-id lists (each pair's clean and corrupt of equal length)."""
+        if not clean:
+            raise DataError("expected at least one prompt pair but got none; check the data")
+        lengths = [len(c) for c in clean]
+        for i, (c, n) in enumerate(zip(clean, corrupt, strict=True)):
+            if len(c) != len(n):
+                raise DataError(
+                    f"pair {i}: expected clean and corrupt of the same token length but got "
+                    f"{len(c)} and {len(n)}; make the corrupt prompt differ only in same-length "
+                    "substitutions"
+                )
+        t = max(lengths)
+        clean_t = torch.full((len(clean), t), pad_id, dtype=torch.long)
+        corrupt_t = torch.full_like(clean_t, pad_id)
+        mask = torch.zeros(len(clean), t, dtype=torch.bool)
+        for i, (c, n) in enumerate(zip(clean, corrupt, strict=True)):
+            clean_t[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            corrupt_t[i, : len(n)] = torch.tensor(n, dtype=torch.long)
+            mask[i, : len(c)] = True
+        return cls(
+            clean=clean_t,
+            corrupt=corrupt_t,
+            answer=torch.tensor(list(answer), dtype=torch.long),
+            wrong=torch.tensor(list(wrong), dtype=torch.long),
+            answer_pos=torch.tensor([n - 1 for n in lengths], dtype=torch.long),
+            mask=mask,
+        )
+
+    def to(self, device: torch.device | str) -> PromptPairs:
+        return PromptPairs(*(getattr(self, f).to(device) for f in _FIELDS))
+
+    def select(self, index: slice | Tensor) -> PromptPairs:
+        """A sub-batch, with trailing all-padding columns trimmed."""
+        sub = PromptPairs(*(getattr(self, f)[index] for f in _FIELDS))
+        t = int(sub.answer_pos.max().item()) + 1 if len(sub) else 0
+        return replace(sub, clean=sub.clean[:, :t], corrupt=sub.corrupt[:, :t], mask=sub.mask[:, :t])
+
+    def batches(self, batch_size: int) -> Iterator[PromptPairs]:
+        """Stream the pairs in batches of at most ``batch_size``."""
+        if batch_size < 1:
+            raise DataError(f"expected a batch size of at least 1 but got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            yield self.select(slice(start, start + batch_size))
+
+    def swapped(self) -> PromptPairs:
+        """Clean and corrupt exchanged (denoising patches clean values into the corrupt run)."""
+        return replace(self, clean=self.corrupt, corrupt=self.clean)
+
+    def concat(self, other: PromptPairs, pad_id: int = 0) -> PromptPairs:
+        """Both batches in one, padded to the longer length."""
+        t = max(self.seq_len, other.seq_len)
+        parts = [_pad_to(p, t, pad_id) for p in (self, other)]
+        return PromptPairs(*(torch.cat([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+
+_FIELDS = ("clean", "corrupt", "answer", "wrong", "answer_pos", "mask")
+
+
+def _pad_to(p: PromptPairs, t: int, pad_id: int) -> PromptPairs:
+    extra = t - p.seq_len
+    if extra == 0:
+        return p
+    pad = torch.full((len(p), extra), pad_id, dtype=p.clean.dtype, device=p.device)
+    return replace(
+        p,
+        clean=torch.cat([p.clean, pad], 1),
+        corrupt=torch.cat([p.corrupt, pad], 1),
+        mask=torch.cat([p.mask, torch.zeros_like(pad, dtype=torch.bool)], 1),
+    )
+
+
+def _single_token(tokenizer: Any, text: str, what: str, where: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise DataError(
+            f"{where}: expected the {what} {text!r} to be a single token but it is {len(ids)} "
+            f"tokens {ids}; choose a single-token {what} (with GPT-2-style tokenizers, "
+            "include the leading space)"
+        )
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and ids[0] == unk and text.strip() != getattr(tokenizer, "unk_token", None):
+        raise DataError(f"{where}: the {what} {text!r} is not in the tokenizer's vocabulary")
+    return int(ids[0])
+
+
+def tokenize_pairs(
+    tokenizer: Any,
+    pairs: Sequence[TextPair],
+    prepend_bos: bool = True,
+    max_len: int | None = None,
+    where: str = "pair",
+) -> PromptPairs:
+    """Tokenize text pairs into a right-padded :class:`PromptPairs` batch.
+
+    Raises a :class:`DataError` naming the pair when clean and corrupt tokenize to different
+    lengths, when an answer is not one token, or when a prompt is longer than ``max_len``.
+
+    Example:
+        >>> batch = tokenize_pairs(model.tokenizer, [TextPair("a b", "a c", "d", "e")])  # doctest: +SKIP
+    """
+    if not pairs:
+        raise DataError("expected at least one prompt pair but got none; check the data")
+    bos = getattr(tokenizer, "bos_token_id", None) if prepend_bos else None
+    clean, corrupt, answer, wrong = [], [], [], []
+    for i, pair in enumerate(pairs):
+        label = f"{where} {i + 1}"
+        c = list(tokenizer.encode(pair.clean, add_special_tokens=False))
+        n = list(tokenizer.encode(pair.corrupt, add_special_tokens=False))
+        if bos is not None:
+            c, n = [bos, *c], [bos, *n]
+        if len(c) != len(n):
+            raise DataError(
+                f"{label}: expected clean and corrupt of the same token length but got {len(c)} "
+                f"and {len(n)} tokens; make the corrupt prompt differ by same-length substitutions"
+            )
+        if not c:
+            raise DataError(f"{label}: the clean prompt is empty")
+        if max_len is not None and len(c) > max_len:
+            raise DataError(
+                f"{label}: the prompt is {len(c)} tokens but the model's context is {max_len}; "
+                "shorten the prompt"
+            )
+        clean.append(c)
+        corrupt.append(n)
+        answer.append(_single_token(tokenizer, pair.answer, "answer", label))
+        wrong.append(_single_token(tokenizer, pair.wrong, "wrong answer", label))
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return PromptPairs.from_tokens(clean, corrupt, answer, wrong, pad_id=0 if pad is None else pad)

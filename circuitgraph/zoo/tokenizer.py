@@ -1,0 +1,38 @@
+"""A word-level tokenizer in Hugging Face format (``AutoTokenizer`` loads it from a folder)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def build_word_tokenizer(words: Sequence[str], path: str | Path | None = None) -> Any:
+    """A whitespace-split word-level tokenizer: ids 0-3 are ``<pad> <unk> <bos> <eos>``.
+
+    Saved to ``path`` (``tokenizer.json`` and friends) when given.
+
+    Example:
+        >>> tok = build_word_tokenizer(["the", "cat"])
+        >>> tok.encode("the cat", add_special_tokens=False)
+        [4, 5]
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *dict.fromkeys(words)])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+    )
+    if path is not None:
+        tok.save_pretrained(str(path))
+    return tok

@@ -1,0 +1,1 @@
+"""The circuitgraph command line (installed as ``circuitgraph.cli``)."""
