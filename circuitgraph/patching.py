@@ -28,7 +28,7 @@ from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
 
-__all__ = ["ABLATIONS", "MODES", "RunContext", "patch_nodes", "run_metric"]
+__all__ = ["ABLATIONS", "MODES", "RunContext", "patch_nodes", "patch_sets", "run_metric"]
 
 Mode = Literal["noising", "denoising"]
 Ablation = Literal["resample", "zero", "mean"]
@@ -103,34 +103,40 @@ def _capture(model: Any, tokens: Tensor, names: Iterable[str]) -> dict[str, Tens
 
 
 def _node_mask(
-    slots: Sequence[Node | None], act_shape: torch.Size, device: torch.device
+    slots: Sequence[Sequence[Node]], act_shape: torch.Size, device: torch.device
 ) -> Tensor:
-    """Bool mask [k, 1, T, S]: copy j patches ``slots[j]`` (None: nothing).
+    """Bool mask [k, 1, T, S]: copy j patches every node of ``slots[j]`` (all at one hook).
 
     S is the size of the indexed axis (heads, KV heads or neurons), or 1 for nodes that
     take the whole hook tensor (an MLP's output).
     """
-    present = [n for n in slots if n is not None]
-    whole = hook_site(present[0]).index is None
+    first = next(n for nodes in slots for n in nodes)
+    whole = hook_site(first).index is None
     t = act_shape[1]
-    mask = torch.zeros(len(slots), 1, t, 1 if whole else act_shape[2], dtype=torch.bool, device=device)
-    for j, node in enumerate(slots):
-        if node is None or (node.position is not None and node.position >= t):
-            continue
-        pos = slice(None) if node.position is None else node.position
-        mask[j, 0, pos, slice(None) if whole else hook_site(node).index] = True
-    return mask
+    mask = torch.zeros(len(slots), 1, t, 1 if whole else act_shape[2], dtype=torch.bool)
+    for j, nodes in enumerate(slots):
+        for node in nodes:
+            if node.position is not None and node.position >= t:
+                continue  # this batch is shorter than the node's position
+            pos = slice(None) if node.position is None else node.position
+            mask[j, 0, pos, slice(None) if whole else hook_site(node).index] = True
+    return mask.to(device)
 
 
-def _patch_hook(slots: Sequence[Node | None], source: Tensor) -> Callable[[Tensor, Any], Tensor]:
-    """A forward hook writing ``source`` into copy j's activation of node ``slots[j]``."""
+def _patch_hook(
+    slots: Sequence[Sequence[Node]], source: Tensor
+) -> Callable[[Tensor, Any], Tensor]:
+    """A forward hook writing ``source`` into copy j's activations of the nodes ``slots[j]``."""
     k = len(slots)
+    masks: dict[tuple[int, ...], Tensor] = {}
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         shaped = act.view(k, act.shape[0] // k, *act.shape[1:])
-        mask = _node_mask(slots, act.shape, act.device)
-        m = mask.view(*mask.shape, *([1] * (shaped.dim() - mask.dim())))
-        return torch.where(m, source.unsqueeze(0).to(act.dtype), shaped).view_as(act)
+        key = tuple(act.shape)
+        if key not in masks:
+            mask = _node_mask(slots, act.shape, act.device)
+            masks[key] = mask.view(*mask.shape, *([1] * (shaped.dim() - mask.dim())))
+        return torch.where(masks[key], source.unsqueeze(0).to(act.dtype), shaped).view_as(act)
 
     return hook
 
@@ -203,47 +209,71 @@ def patch_nodes(
         >>> scores = patch_nodes(model, pairs, enumerate_nodes(info, ["head"]))  # doctest: +SKIP
         >>> scores.top_k(3)  # doctest: +SKIP
     """
-    require_eval(model)
-    metric = get_metric(metric)
-    _check_choice("mode", mode, MODES)
-    _check_choice("ablation", ablation, ABLATIONS)
     nodes = list(nodes)
-    if not nodes:
-        raise ConfigError("expected at least one node to patch but got none")
-    if len(pairs) == 0:
-        raise ConfigError("expected at least one prompt pair but got none")
-    device = _model_device(model)
-    pairs = pairs.to(device)
-    names = sorted({hook_site(n).name for n in nodes})
-    means = mean_activations(model, pairs, names, mode, batch_size) if ablation == "mean" else None
-    total = torch.zeros(len(nodes), dtype=torch.float64)
-    n_rows = 0
-    for batch in pairs.batches(batch_size):
-        ctx = base_run(model, batch, metric, mode)
-        src = _source_acts(model, batch, names, mode, ablation, means)
-        k = max(1, _rows_per_pass(model, batch, max_rows) // len(batch))
-        for start in range(0, len(nodes), k):
-            chunk = nodes[start : start + k]
-            total[start : start + len(chunk)] += _patched_effects(model, ctx, chunk, src).sum(1).cpu()
-            if progress is not None:
-                progress(len(chunk) * len(batch))
-        n_rows += len(batch)
-    signed = total / n_rows
+    signed = patch_sets(
+        model, pairs, [[n] for n in nodes], metric, mode, ablation, batch_size, max_rows, progress
+    )
     passes = float(len(nodes)) + (1.0 if ablation == "zero" else 2.0)
     return NodeScores(
-        tuple(nodes), signed, signed.abs(), "exact", metric.name, n_rows,
+        tuple(nodes), signed, signed.abs(), "exact", get_metric(metric).name, len(pairs),
         forward_passes=passes, meta={"mode": mode, "ablation": ablation},
     )  # fmt: skip
 
 
+def patch_sets(
+    model: Any,
+    pairs: PromptPairs,
+    sets: Sequence[Sequence[Node]],
+    metric: str | Metric = "logit_diff",
+    mode: Mode = "noising",
+    ablation: Ablation = "resample",
+    batch_size: int = 32,
+    max_rows: int | None = None,
+    progress: Progress | None = None,
+) -> Float[Tensor, " s"]:
+    """E I(S) for each set S of nodes patched jointly (one batched forward per set).
+
+    An empty set has effect exactly 0. Used for node sweeps (singletons), the random-subset
+    diagnostics and block baselines.
+
+    Example:
+        >>> effects = patch_sets(model, pairs, [[Node("head", 0, 1), Node("mlp", 0)]])  # doctest: +SKIP
+    """
+    require_eval(model)
+    metric = get_metric(metric)
+    _check_choice("mode", mode, MODES)
+    _check_choice("ablation", ablation, ABLATIONS)
+    sets = [list(s) for s in sets]
+    if not sets:
+        raise ConfigError("expected at least one node to patch but got none")
+    if len(pairs) == 0:
+        raise ConfigError("expected at least one prompt pair but got none")
+    pairs = pairs.to(_model_device(model))
+    names = sorted({hook_site(n).name for s in sets for n in s})
+    means = mean_activations(model, pairs, names, mode, batch_size) if ablation == "mean" else None
+    total = torch.zeros(len(sets), dtype=torch.float64)
+    for batch in pairs.batches(batch_size):
+        ctx = base_run(model, batch, metric, mode)
+        src = _source_acts(model, batch, names, mode, ablation, means) if names else {}
+        k = max(1, _rows_per_pass(model, batch, max_rows) // len(batch))
+        for start in range(0, len(sets), k):
+            chunk = sets[start : start + k]
+            total[start : start + len(chunk)] += _patched_effects(model, ctx, chunk, src).sum(1).cpu()
+            if progress is not None:
+                progress(len(chunk) * len(batch))
+    return total / len(pairs)
+
+
 def _patched_effects(
-    model: Any, ctx: RunContext, chunk: Sequence[Node], src: dict[str, Tensor]
+    model: Any, ctx: RunContext, chunk: Sequence[Sequence[Node]], src: dict[str, Tensor]
 ) -> Float[Tensor, "k b"]:
-    """I(n) for each node of the chunk and each pair of the batch, from one forward."""
+    """I(S) for each node set of the chunk and each pair of the batch, from one forward."""
     k, b = len(chunk), len(ctx.batch)
+    if not any(chunk):
+        return torch.zeros(k, b, dtype=torch.float64)
     fwd = []
-    for name in sorted({hook_site(n).name for n in chunk}):
-        slots = [n if hook_site(n).name == name else None for n in chunk]
+    for name in sorted({hook_site(n).name for nodes in chunk for n in nodes}):
+        slots = [[n for n in nodes if hook_site(n).name == name] for nodes in chunk]
         fwd.append((name, _patch_hook(slots, src[name])))
     tokens = ctx.base_tokens.repeat(k, 1)
     with torch.no_grad():
