@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from circuitgraph.errors import ModelLoadError, ModelStateError
+from circuitgraph.zoo.native import boot_native_dir, is_native_dir
 
 __all__ = ["ModelInfo", "load_model", "model_info", "require_eval"]
 
@@ -113,7 +114,7 @@ def _resolve_spec(spec: str) -> tuple[str, str]:
         return str(zoo.model_path(spec[4:])), spec
     path = Path(spec).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not is_native_dir(path):
             raise ModelLoadError(
                 f"expected a Hugging Face model directory with a config.json but {spec!r} has "
                 "none; point to the folder that save_pretrained() wrote"
@@ -169,9 +170,12 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         with _quiet_loading():
-            bridge = TransformerBridge.boot_transformers(
-                path, device=str(device), dtype=torch_dtype
-            )
+            if is_native_dir(path):  # TL-native (the attention-only zoo model); see zoo/native.py
+                bridge = boot_native_dir(path, device=str(device), dtype=torch_dtype)
+            else:
+                bridge = TransformerBridge.boot_transformers(
+                    path, device=str(device), dtype=torch_dtype
+                )
     except (OSError, ValueError) as err:
         if Path(path).exists():
             raise ModelLoadError(
@@ -195,7 +199,9 @@ def _first_line(err: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet_loading():  # type: ignore[no-untyped-def]
     """Silence the progress bars and warnings that loading prints; restore them afterwards."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "transformer_lens", "huggingface_hub")]
+    loggers = [
+        logging.getLogger(n) for n in ("transformers", "transformer_lens", "huggingface_hub")
+    ]
     levels = [lg.level for lg in loggers]
     old_env = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
     try:

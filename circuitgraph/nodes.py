@@ -56,8 +56,9 @@ class Node:
     @property
     def id(self) -> str:
         k, layer, i = self.kind, self.layer, self.index
+        base: str
         if k in ("input", "logits"):
-            base = k
+            base = str(k)
         elif k == "head":
             base = f"a{layer}.h{i}"
         elif k in ("q", "k", "v"):
@@ -153,7 +154,7 @@ class Edge:
 # --------------------------------------------------------------------------------------
 
 
-class hooks:  # noqa: N801 - a namespace, used as hooks.z(3)
+class hooks:
     """Hook-point names of a ``TransformerBridge``, by role."""
 
     embed = "hook_embed"

@@ -11,7 +11,6 @@ gets node j patched, so the cost per node is one forward over B pairs.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -123,9 +122,7 @@ def _node_mask(
     return mask.to(device)
 
 
-def _patch_hook(
-    slots: Sequence[Sequence[Node]], source: Tensor
-) -> Callable[[Tensor, Any], Tensor]:
+def _patch_hook(slots: Sequence[Sequence[Node]], source: Tensor) -> Callable[[Tensor, Any], Tensor]:
     """A forward hook writing ``source`` into copy j's activations of the nodes ``slots[j]``."""
     k = len(slots)
     masks: dict[tuple[int, ...], Tensor] = {}
@@ -179,12 +176,12 @@ def mean_activations(
         counts[: batch.seq_len] += w.sum(0)
         for n, a in acts.items():
             if n not in sums:
-                sums[n] = torch.zeros(pairs.seq_len, *a.shape[2:], device=a.device, dtype=torch.float32)
+                sums[n] = torch.zeros(
+                    pairs.seq_len, *a.shape[2:], device=a.device, dtype=torch.float32
+                )
             wa = w.view(*w.shape, *([1] * (a.dim() - 2)))
             sums[n][: batch.seq_len] += (a.float() * wa).sum(0)
-    return {
-        n: s / counts.clamp(min=1).view(-1, *([1] * (s.dim() - 1))) for n, s in sums.items()
-    }
+    return {n: s / counts.clamp(min=1).view(-1, *([1] * (s.dim() - 1))) for n, s in sums.items()}
 
 
 def patch_nodes(
@@ -258,7 +255,9 @@ def patch_sets(
         k = max(1, _rows_per_pass(model, batch, max_rows) // len(batch))
         for start in range(0, len(sets), k):
             chunk = sets[start : start + k]
-            total[start : start + len(chunk)] += _patched_effects(model, ctx, chunk, src).sum(1).cpu()
+            total[start : start + len(chunk)] += (
+                _patched_effects(model, ctx, chunk, src).sum(1).cpu()
+            )
             if progress is not None:
                 progress(len(chunk) * len(batch))
     return total / len(pairs)

@@ -98,7 +98,9 @@ class NodeScores:
             "meta": self.meta,
             "nodes": [
                 {"id": n.id, "signed": float(s), "score": float(a)}
-                for n, s, a in zip(self.nodes, self.signed.tolist(), self.score.tolist(), strict=True)
+                for n, s, a in zip(
+                    self.nodes, self.signed.tolist(), self.score.tolist(), strict=True
+                )
             ],
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from circuitgraph.errors import CircuitGraphError
@@ -19,11 +20,17 @@ app = typer.Typer(
 
 @app.command()
 def models() -> None:
-    """List the bundled zoo models."""
+    """List the bundled zoo models (load them with --model zoo:NAME)."""
     from circuitgraph import zoo
 
-    for m in zoo.list_models():
-        typer.echo(f"zoo:{m.name:<16} {m.architecture:<10} {m.size_mb:6.2f} MB  tasks: {', '.join(m.tasks)}")
+    found = zoo.list_models()
+    if not found:
+        typer.echo("no zoo models are installed")
+    for m in found:
+        typer.echo(
+            f"zoo:{m.name:<16} {m.architecture:<10} {m.size_mb:6.2f} MB  "
+            f"tasks: {', '.join(m.tasks)}"
+        )
 
 
 @app.command()
@@ -32,18 +39,29 @@ def tasks() -> None:
     from circuitgraph.tasks import TASKS
 
     for t in TASKS.values():
-        typer.echo(f"{t.name:<14} {t.description}  (models: {', '.join(t.models) or 'any'})")
+        fits = ", ".join(f"zoo:{m}" for m in t.models) or "any model"
+        typer.echo(f"{t.name:<14} {t.description}  [fits: {fits}]")
 
 
 def main() -> None:
-    """Console-script entry point: user mistakes become one line and exit code 1."""
+    """Console-script entry point.
+
+    A user mistake becomes one line on stderr and exit status 1 (2 for usage errors);
+    never a traceback.
+    """
     try:
         app(standalone_mode=False)
     except CircuitGraphError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)
-    except typer.Exit as ex:
+    except click.UsageError as err:
+        typer.echo(f"usage error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as ex:
         sys.exit(ex.exit_code)
-    except typer.Abort:
+    except (click.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(1)
+    except click.ClickException as err:
+        typer.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)

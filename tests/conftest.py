@@ -46,7 +46,7 @@ def _save_llama(path: str) -> None:
 def _scale_up(model: torch.nn.Module) -> None:
     """HF's init (std 0.02) makes a near-constant model; larger weights give real effects."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
 
@@ -81,13 +81,15 @@ def tiny(request: pytest.FixtureRequest):
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
-def random_pairs(n: int = 6, t_max: int = 9, seed: int = 0, vary_length: bool = True) -> PromptPairs:
+def random_pairs(
+    n: int = 6, t_max: int = 9, seed: int = 0, vary_length: bool = True
+) -> PromptPairs:
     """Random same-length clean/corrupt pairs of varying lengths (exercises padding)."""
     g = torch.Generator().manual_seed(seed)
     clean, corrupt = [], []
     for i in range(n):
         t = t_max - (i % 3 if vary_length else 0)
-        c = [2] + torch.randint(4, D_VOCAB, (t - 1,), generator=g).tolist()
+        c = [2, *torch.randint(4, D_VOCAB, (t - 1,), generator=g).tolist()]
         x = list(c)
         for j in torch.randint(1, t, (2,), generator=g).tolist():
             x[j] = int(torch.randint(4, D_VOCAB, (1,), generator=g))

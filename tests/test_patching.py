@@ -159,7 +159,9 @@ def test_all_heads_of_a_layer_equal_the_attention_output(tiny, pairs):
 
 def test_hooks_and_flags_are_undone_after_a_failing_metric(tiny_llama, pairs):
     model, info = tiny_llama
-    flags_before = {f: getattr(model.cfg, f, None) for f in ("use_split_qkv_input", "use_attn_result")}
+    flags_before = {
+        f: getattr(model.cfg, f, None) for f in ("use_split_qkv_input", "use_attn_result")
+    }
 
     def bad_metric(logits, batch, ref):
         return logits[:, 0] * float("nan")
@@ -202,14 +204,19 @@ def test_memory_does_not_grow_with_pairs_streaming_equals_one_batch(tiny_gpt2):
 def test_patching_a_set_jointly_matches_a_hand_hooked_forward(tiny_llama, pairs):
     from circuitgraph.patching import patch_sets
 
-    model, info = tiny_llama
+    model, _info = tiny_llama
     s = [Node("head", 0, 1), Node("head", 1, 3), Node("mlp", 0), Node("k", 1, 0, grouped=True)]
     got = patch_sets(model, pairs, [s, [], s[:1]], "logit_diff", batch_size=4)
     single = patch_nodes(model, pairs, s[:1])
     assert got[1] == 0.0
     assert got[2] == pytest.approx(single.signed[0].item(), abs=1e-6)
     # Reference: all four patched in one plain forward per pair.
-    names = ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.0.hook_mlp_out", "blocks.1.attn.hook_k"]
+    names = [
+        "blocks.0.attn.hook_z",
+        "blocks.1.attn.hook_z",
+        "blocks.0.hook_mlp_out",
+        "blocks.1.attn.hook_k",
+    ]
     idx = [1, 3, None, 0]
     f = get_metric("logit_diff")
     effects = []
@@ -217,7 +224,8 @@ def test_patching_a_set_jointly_matches_a_hand_hooked_forward(tiny_llama, pairs)
         one = pairs.select(slice(i, i + 1))
         _, cache = model.run_with_cache(one.corrupt, names_filter=lambda n: n in names)
         hooks = []
-        for nm, ix in zip(names, idx):
+        for nm, ix in zip(names, idx, strict=False):
+
             def put(act, hook, nm=nm, ix=ix):
                 act = act.clone()
                 if ix is None:
@@ -225,6 +233,7 @@ def test_patching_a_set_jointly_matches_a_hand_hooked_forward(tiny_llama, pairs)
                 else:
                     act[:, :, ix] = cache[nm][:, :, ix]
                 return act
+
             hooks.append((nm, put))
         with torch.no_grad():
             patched = model.run_with_hooks(one.clean, fwd_hooks=hooks)[:, one.answer_pos[0]]

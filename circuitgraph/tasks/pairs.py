@@ -61,7 +61,9 @@ class PromptPairs:
             )
         for name in ("answer", "wrong", "answer_pos"):
             if getattr(self, name).shape != (n,):
-                raise DataError(f"expected {name} of shape ({n},) but got {getattr(self, name).shape}")
+                raise DataError(
+                    f"expected {name} of shape ({n},) but got {getattr(self, name).shape}"
+                )
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -118,7 +120,9 @@ class PromptPairs:
         """A sub-batch, with trailing all-padding columns trimmed."""
         sub = PromptPairs(*(getattr(self, f)[index] for f in _FIELDS))
         t = int(sub.answer_pos.max().item()) + 1 if len(sub) else 0
-        return replace(sub, clean=sub.clean[:, :t], corrupt=sub.corrupt[:, :t], mask=sub.mask[:, :t])
+        return replace(
+            sub, clean=sub.clean[:, :t], corrupt=sub.corrupt[:, :t], mask=sub.mask[:, :t]
+        )
 
     def batches(self, batch_size: int) -> Iterator[PromptPairs]:
         """Stream the pairs in batches of at most ``batch_size``."""

@@ -38,8 +38,10 @@ def list_models() -> list[ZooModel]:
 
 def model_path(name: str) -> Path:
     """The directory of zoo model ``name``."""
+    from circuitgraph.zoo.native import is_native_dir
+
     path = _ROOT / name
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not is_native_dir(path):
         names = [m.name for m in list_models()]
         raise ModelLoadError(
             f"expected a zoo model among {names} but got {name!r}; run `circuitgraph models`"

@@ -10,21 +10,25 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
 def build_word_tokenizer(words: Sequence[str], path: str | Path | None = None) -> Any:
-    """A whitespace-split word-level tokenizer: ids 0-3 are ``<pad> <unk> <bos> <eos>``.
+    """A word-level tokenizer: ids 0-3 are ``<pad> <unk> <bos> <eos>``, then ``words``.
 
-    Saved to ``path`` (``tokenizer.json`` and friends) when given.
+    Text is split at whitespace and around punctuation, so ``"store, John"`` is the three
+    tokens ``store , John`` (put ``","`` in ``words`` to know it). Saved to ``path``
+    (``tokenizer.json`` and friends) when given.
 
     Example:
-        >>> tok = build_word_tokenizer(["the", "cat"])
-        >>> tok.encode("the cat", add_special_tokens=False)
-        [4, 5]
+        >>> tok = build_word_tokenizer(["the", "cat", "."])
+        >>> tok.encode("the cat.", add_special_tokens=False)
+        [4, 5, 6]
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *dict.fromkeys(words)])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
     core.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,

@@ -1,0 +1,53 @@
+"""Exact activation patching: time per patched node / time of one bare forward (target ≤ 1.2).
+
+Both timings are taken in the same run, on the same batch. The per-node time is the whole
+sweep's wall time (its clean and corrupt runs included) divided by the number of nodes.
+
+    python benchmarks/bench_patching.py [--shapes tiny-gpt2 gpt2-small] [--pairs 8] [--seq 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.common import best_time, random_gpt2, random_pairs
+from circuitgraph.nodes import enumerate_nodes
+from circuitgraph.patching import patch_nodes
+
+
+def measure(shape: str, n_pairs: int, seq: int, repeats: int) -> dict[str, float]:
+    model, info = random_gpt2(shape)
+    pairs = random_pairs(info.d_vocab, n_pairs, seq)
+    nodes = enumerate_nodes(info, ["head", "mlp"])
+    with torch.no_grad():
+        bare = best_time(lambda: model(pairs.clean), repeats)
+    sweep = best_time(lambda: patch_nodes(model, pairs, nodes, batch_size=n_pairs), repeats)
+    return {"nodes": len(nodes), "bare_fwd_s": bare, "per_node_s": sweep / len(nodes)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["tiny-gpt2", "gpt2-small"])
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.pairs} x {args.seq}"
+    )
+    print(
+        f"{'model':<12} {'nodes':>6} {'bare fwd':>10} {'per node':>10} {'ratio':>7}  (target <= 1.2)"
+    )
+    for shape in args.shapes:
+        r = measure(shape, args.pairs, args.seq, args.repeats)
+        ratio = r["per_node_s"] / r["bare_fwd_s"]
+        print(
+            f"{shape:<12} {r['nodes']:>6} {r['bare_fwd_s'] * 1e3:>8.2f}ms "
+            f"{r['per_node_s'] * 1e3:>8.2f}ms {ratio:>7.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
