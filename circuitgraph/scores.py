@@ -12,13 +12,13 @@ from typing import Any
 
 import networkx as nx
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuitgraph.errors import ConfigError
-from circuitgraph.nodes import Node
+from circuitgraph.nodes import Edge, Node
 
-__all__ = ["NodeScores"]
+__all__ = ["EdgeScores", "NodeScores"]
 
 
 @dataclass(frozen=True)
@@ -124,4 +124,124 @@ class NodeScores:
         g = nx.DiGraph(method=self.method, metric=self.metric, n_pairs=self.n_pairs)
         for n, s, a in zip(self.nodes, self.signed.tolist(), self.score.tolist(), strict=True):
             g.add_node(n.id, kind=n.kind, layer=n.layer, signed=s, score=a)
+        return g
+
+
+@dataclass(frozen=True)
+class EdgeScores:
+    """Per-edge scores of one method, dense over [sources × targets] with index maps.
+
+    ``valid[i, j]`` says whether source i can reach target j directly (it writes to the
+    residual stream before the target reads it); invalid cells hold zeros and are never
+    ranked.
+
+    Example:
+        >>> import torch
+        >>> src, dst = (Node("input"),), (Node("q", 0, 0), Node("logits"))
+        >>> e = EdgeScores(src, dst, torch.tensor([[0.5, -2.0]]), torch.tensor([[0.5, 2.0]]),
+        ...                torch.ones(1, 2, dtype=torch.bool), "exact", "logit_diff", 4)
+        >>> [x.id for x in e.top_k(1)]
+        ['input->logits']
+    """
+
+    sources: tuple[Node, ...]
+    targets: tuple[Node, ...]
+    signed: Float[Tensor, "s t"]
+    score: Float[Tensor, "s t"]
+    valid: Bool[Tensor, "s t"]
+    method: str
+    metric: str
+    n_pairs: int
+    forward_passes: float = 0.0
+    backward_passes: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shape = (len(self.sources), len(self.targets))
+        for name in ("signed", "score", "valid"):
+            if tuple(getattr(self, name).shape) != shape:
+                raise ConfigError(
+                    f"expected {name} of shape {shape} (sources × targets) but got "
+                    f"{tuple(getattr(self, name).shape)}"
+                )
+
+    @property
+    def source_index(self) -> dict[Node, int]:
+        return {n: i for i, n in enumerate(self.sources)}
+
+    @property
+    def target_index(self) -> dict[Node, int]:
+        return {n: i for i, n in enumerate(self.targets)}
+
+    def edges(self) -> list[Edge]:
+        """Every valid edge, in source-major order."""
+        return [Edge(self.sources[i], self.targets[j]) for i, j in self.valid.nonzero().tolist()]
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+    def __getitem__(self, edge: Edge | str) -> tuple[float, float]:
+        """(signed, absolute) score of one edge."""
+        e = Edge.parse(edge) if isinstance(edge, str) else edge
+        i, j = self.source_index.get(e.src), self.target_index.get(e.dst)
+        if i is None or j is None or not bool(self.valid[i, j]):
+            raise ConfigError(f"edge {e.id} has no score in this result")
+        return float(self.signed[i, j]), float(self.score[i, j])
+
+    def ranking(self) -> list[Edge]:
+        """Valid edges, highest absolute score first (ties in source-major order)."""
+        cells = self.valid.nonzero().tolist()
+        flat = [float(self.score[i, j]) for i, j in cells]
+        order = sorted(range(len(cells)), key=lambda c: (-flat[c], c))
+        return [Edge(self.sources[cells[c][0]], self.targets[cells[c][1]]) for c in order]
+
+    def top_k(self, k: int) -> list[Edge]:
+        return self.ranking()[: max(k, 0)]
+
+    def threshold(self, t: float) -> list[Edge]:
+        return [e for e in self.ranking() if self[e][1] >= t]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "circuitgraph.edge_scores/1",
+            "method": self.method,
+            "metric": self.metric,
+            "n_pairs": self.n_pairs,
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "meta": self.meta,
+            "sources": [n.id for n in self.sources],
+            "targets": [n.id for n in self.targets],
+            "edges": [
+                {"id": e.id, "signed": s, "score": a} for e in self.edges() for s, a in [self[e]]
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EdgeScores:
+        sources = tuple(Node.parse(s) for s in data["sources"])
+        targets = tuple(Node.parse(t) for t in data["targets"])
+        si = {n: i for i, n in enumerate(sources)}
+        ti = {n: j for j, n in enumerate(targets)}
+        signed = torch.zeros(len(sources), len(targets), dtype=torch.float64)
+        score = torch.zeros_like(signed)
+        valid = torch.zeros_like(signed, dtype=torch.bool)
+        for row in data["edges"]:
+            e = Edge.parse(row["id"])
+            i, j = si[e.src], ti[e.dst]
+            signed[i, j], score[i, j], valid[i, j] = row["signed"], row["score"], True
+        return cls(
+            sources, targets, signed, score, valid, data["method"], data["metric"],
+            int(data["n_pairs"]), float(data.get("forward_passes", 0.0)),
+            float(data.get("backward_passes", 0.0)), dict(data.get("meta", {})),
+        )  # fmt: skip
+
+    def to_networkx(self) -> nx.DiGraph:
+        """Every valid edge with its scores as attributes (no pruning)."""
+        g = nx.DiGraph(method=self.method, metric=self.metric, n_pairs=self.n_pairs)
+        for n in (*self.sources, *self.targets):
+            g.add_node(n.id, kind=n.kind, layer=n.layer)
+        for e in self.edges():
+            signed, score = self[e]
+            g.add_edge(e.src.id, e.dst.id, signed=signed, score=score)
         return g
