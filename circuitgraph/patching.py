@@ -73,12 +73,14 @@ def run_metric(
 def base_run(model: Any, batch: PromptPairs, metric: Metric, mode: Mode) -> RunContext:
     """The unpatched run that effects are measured against (clean for noising)."""
     base = batch.clean if mode == "noising" else batch.corrupt
-    reference = None
-    with torch.no_grad():
+    with torch.no_grad(), attached(model):
+        base_logits = answer_logits(model(base), batch)
+        reference = None
         if metric.needs_reference:
-            _, clean_logits = run_metric(model, batch.clean, batch, get_metric("logit_diff"))
-            reference = clean_logits.float().log_softmax(-1)
-        values, _ = run_metric(model, base, batch, metric, reference)
+            # KL is always measured from the clean distribution; in noising that is the base run.
+            clean = base_logits if mode == "noising" else answer_logits(model(batch.clean), batch)
+            reference = clean.float().log_softmax(-1)
+        values = check_finite(metric(base_logits, batch, reference).float())
     return RunContext(batch, metric, base, values, reference)
 
 
