@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import networkx as nx
@@ -56,7 +57,7 @@ class NodeScores:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    @property
+    @cached_property
     def index(self) -> dict[Node, int]:
         return {n: i for i, n in enumerate(self.nodes)}
 
@@ -70,15 +71,15 @@ class NodeScores:
         return float(self.signed[i]), float(self.score[i])
 
     def ranking(self) -> list[Node]:
-        """All nodes, highest absolute score first (ties by topological order)."""
-        order = sorted(range(len(self)), key=lambda i: (-float(self.score[i]), i))
+        """All nodes, highest absolute score first (ties keep the given order)."""
+        order = torch.sort(-self.score.double(), stable=True).indices.tolist()
         return [self.nodes[i] for i in order]
 
     def top_k(self, k: int) -> list[Node]:
         return self.ranking()[: max(k, 0)]
 
     def threshold(self, t: float) -> list[Node]:
-        return [n for n in self.ranking() if self[n][1] >= t]
+        return self.ranking()[: int((self.score >= t).sum())]
 
     def subset(self, nodes: Sequence[Node]) -> NodeScores:
         idx = torch.tensor([self.index[n] for n in nodes], dtype=torch.long)
@@ -165,11 +166,11 @@ class EdgeScores:
                     f"{tuple(getattr(self, name).shape)}"
                 )
 
-    @property
+    @cached_property
     def source_index(self) -> dict[Node, int]:
         return {n: i for i, n in enumerate(self.sources)}
 
-    @property
+    @cached_property
     def target_index(self) -> dict[Node, int]:
         return {n: i for i, n in enumerate(self.targets)}
 
@@ -190,16 +191,16 @@ class EdgeScores:
 
     def ranking(self) -> list[Edge]:
         """Valid edges, highest absolute score first (ties in source-major order)."""
-        cells = self.valid.nonzero().tolist()
-        flat = [float(self.score[i, j]) for i, j in cells]
-        order = sorted(range(len(cells)), key=lambda c: (-flat[c], c))
-        return [Edge(self.sources[cells[c][0]], self.targets[cells[c][1]]) for c in order]
+        cells = self.valid.nonzero()
+        values = self.score[cells[:, 0], cells[:, 1]].double()
+        order = torch.sort(-values, stable=True).indices
+        return [Edge(self.sources[i], self.targets[j]) for i, j in cells[order].tolist()]
 
     def top_k(self, k: int) -> list[Edge]:
         return self.ranking()[: max(k, 0)]
 
     def threshold(self, t: float) -> list[Edge]:
-        return [e for e in self.ranking() if self[e][1] >= t]
+        return self.ranking()[: int(((self.score >= t) & self.valid).sum())]
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from circuitgraph.errors import CircuitGraphError
@@ -46,22 +45,11 @@ def tasks() -> None:
 def main() -> None:
     """Console-script entry point.
 
-    A user mistake becomes one line on stderr and exit status 1 (2 for usage errors);
-    never a traceback.
+    Typer reports usage errors itself (one line, exit status 2); a library error, which is
+    always a user mistake, becomes one line on stderr and exit status 1, never a traceback.
     """
     try:
-        app(standalone_mode=False)
+        app()
     except CircuitGraphError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)
-    except click.UsageError as err:
-        typer.echo(f"usage error: {err.format_message()}", err=True)
-        sys.exit(2)
-    except click.exceptions.Exit as ex:
-        sys.exit(ex.exit_code)
-    except (click.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as err:
-        typer.echo(f"error: {err.format_message()}", err=True)
-        sys.exit(err.exit_code)
