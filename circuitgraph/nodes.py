@@ -22,9 +22,14 @@ __all__ = [
     "HookSite",
     "Node",
     "NodeKind",
+    "can_feed",
+    "edge_sources",
+    "edge_targets",
     "enumerate_nodes",
     "hook_site",
     "hooks",
+    "source_hook",
+    "target_site",
 ]
 
 NodeKind = Literal["input", "head", "q", "k", "v", "mlp", "neuron", "logits"]
@@ -226,6 +231,22 @@ class hooks:
 
     ln_final_scale = "ln_final.hook_scale"
 
+    # Per-target residual inputs (need the bridge flags use_split_qkv_input / use_hook_mlp_in).
+    @staticmethod
+    def qkv_input(kind: str, layer: int) -> str:
+        """``blocks.L.hook_{q,k,v}_input``: [batch, pos, heads (KV heads for k/v), d_model]."""
+        return f"blocks.{layer}.hook_{kind}_input"
+
+    @staticmethod
+    def mlp_in(layer: int) -> str:
+        return f"blocks.{layer}.hook_mlp_in"
+
+    @staticmethod
+    def ln2_out(layer: int) -> str:
+        return f"blocks.{layer}.ln2.hook_out"
+
+    final_in = "ln_final.hook_in"
+
 
 @dataclass(frozen=True)
 class HookSite:
@@ -259,6 +280,88 @@ def hook_site(node: Node) -> HookSite:
     if k == "input":
         return HookSite(hooks.embed, None)
     raise ConfigError(f"the {k!r} node has no activation to patch; patch its sources instead")
+
+
+def target_site(node: Node) -> HookSite:
+    """Where an edge target reads the residual stream (before its norm).
+
+    q/k/v inputs are per head (KV head for grouped k/v) and need the bridge flag
+    ``use_split_qkv_input``; MLP inputs need ``use_hook_mlp_in``.
+
+    Example:
+        >>> target_site(Node("k", 2, 1))
+        HookSite(name='blocks.2.hook_k_input', index=1)
+    """
+    if node.kind in ("q", "k", "v"):
+        return HookSite(hooks.qkv_input(node.kind, node.layer), node.index)
+    if node.kind == "mlp":
+        return HookSite(hooks.mlp_in(node.layer), None)
+    if node.kind == "logits":
+        return HookSite(hooks.final_in, None)
+    raise ConfigError(
+        f"expected an edge target (a head's q/k/v input, an MLP or logits) but got {node.id}"
+    )
+
+
+def source_hook(node: Node) -> str:
+    """The hook whose activation gives a source's output (heads: z, times W_O)."""
+    if node.kind in ("input", "head", "mlp"):
+        return hook_site(node).name
+    raise ConfigError(f"expected an edge source (input, a head or an MLP) but got {node.id}")
+
+
+def edge_sources(info: ModelInfo) -> list[Node]:
+    """Everything that writes to the residual stream: the embedding, heads, MLPs (in order).
+
+    Example:
+        >>> from circuitgraph.model import ModelInfo
+        >>> info = ModelInfo("m", 1, 2, 2, 8, 4, 16, "LN", False, False, False, 10, 8)
+        >>> [n.id for n in edge_sources(info)]
+        ['input', 'a0.h0', 'a0.h1', 'm0']
+    """
+    out = [Node("input")]
+    for layer in range(info.n_layers):
+        out += [Node("head", layer, h) for h in range(info.n_heads)]
+        if not info.attn_only:
+            out.append(Node("mlp", layer))
+    return out
+
+
+def edge_targets(info: ModelInfo) -> list[Node]:
+    """Everything that reads the residual stream: q/k/v inputs of heads, MLP inputs, logits.
+
+    A target ``m2`` is MLP 2's input; key and value targets of a grouped-query model are
+    KV heads.
+
+    Example:
+        >>> from circuitgraph.model import ModelInfo
+        >>> info = ModelInfo("m", 1, 2, 1, 8, 4, 16, "LN", False, False, False, 10, 8)
+        >>> [n.id for n in edge_targets(info)]
+        ['a0.h0<q>', 'a0.h1<q>', 'a0.kv0<k>', 'a0.kv0<v>', 'm0', 'logits']
+    """
+    g = info.grouped_query
+    out: list[Node] = []
+    for layer in range(info.n_layers):
+        out += [Node("q", layer, h) for h in range(info.n_heads)]
+        out += [Node("k", layer, h, None, g) for h in range(info.n_kv_heads)]
+        out += [Node("v", layer, h, None, g) for h in range(info.n_kv_heads)]
+        if not info.attn_only:
+            out.append(Node("mlp", layer))
+    return [*out, Node("logits")]
+
+
+def can_feed(src: Node, dst: Node) -> bool:
+    """Whether ``src`` writes to the residual stream before ``dst`` reads it (sequential blocks).
+
+    Example:
+        >>> can_feed(Node("head", 1, 0), Node("mlp", 1)), can_feed(Node("mlp", 1), Node("q", 1, 0))
+        (True, False)
+    """
+    if dst.kind == "logits" or src.kind == "input":
+        return True
+    if dst.kind == "mlp" and src.kind == "head":
+        return src.layer <= dst.layer
+    return src.layer < dst.layer
 
 
 def enumerate_nodes(
