@@ -35,7 +35,7 @@ from circuitgraph.nodes import (
     target_site,
 )
 from circuitgraph.scores import EdgeScores, NodeScores
-from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric
+from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric, widen
 from circuitgraph.tasks.pairs import PromptPairs
 from circuitgraph.weights import AttnWeights, attn_weights
 
@@ -90,7 +90,7 @@ def run_metric(
     with attached(model, fwd=fwd):
         logits = model(tokens)
     at_answer = answer_logits(logits, batch)
-    values = check_finite(metric(at_answer, batch, reference).float())
+    values = check_finite(widen(metric(at_answer, batch, reference)))
     return values, at_answer
 
 
@@ -103,8 +103,8 @@ def base_run(model: Any, batch: PromptPairs, metric: Metric, mode: Mode) -> RunC
         if metric.needs_reference:
             # KL is always measured from the clean distribution; in noising that is the base run.
             clean = base_logits if mode == "noising" else answer_logits(model(batch.clean), batch)
-            reference = clean.float().log_softmax(-1)
-        values = check_finite(metric(base_logits, batch, reference).float())
+            reference = widen(clean).log_softmax(-1)
+        values = check_finite(widen(metric(base_logits, batch, reference)))
     return RunContext(batch, metric, base, values, reference)
 
 
@@ -194,19 +194,19 @@ def mean_activations(
 ) -> dict[str, Tensor]:
     """Per-position mean of the source run's activations over all pairs (mean ablation)."""
     sums: dict[str, Tensor] = {}
-    counts = torch.zeros(pairs.seq_len, device=pairs.device)
+    counts = torch.zeros(pairs.seq_len, device=pairs.device, dtype=torch.float64)
     for batch in pairs.batches(batch_size):
         src = batch.corrupt if mode == "noising" else batch.clean
         acts = _capture(model, src, names)
-        w = batch.mask.to(counts.device).float()
+        w = batch.mask.to(counts.device, torch.float64)
         counts[: batch.seq_len] += w.sum(0)
         for n, a in acts.items():
             if n not in sums:
                 sums[n] = torch.zeros(
-                    pairs.seq_len, *a.shape[2:], device=a.device, dtype=torch.float32
+                    pairs.seq_len, *a.shape[2:], device=a.device, dtype=torch.float64
                 )
             wa = w.view(*w.shape, *([1] * (a.dim() - 2)))
-            sums[n][: batch.seq_len] += (a.float() * wa).sum(0)
+            sums[n][: batch.seq_len] += (a.double() * wa).sum(0)
     return {n: s / counts.clamp(min=1).view(-1, *([1] * (s.dim() - 1))) for n, s in sums.items()}
 
 

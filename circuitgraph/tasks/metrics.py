@@ -17,7 +17,7 @@ from torch import Tensor
 from circuitgraph.errors import ConfigError, MetricError
 from circuitgraph.tasks.pairs import PromptPairs
 
-__all__ = ["METRICS", "Metric", "answer_logits", "check_finite", "get_metric"]
+__all__ = ["METRICS", "Metric", "answer_logits", "check_finite", "get_metric", "widen"]
 
 MetricFn = Callable[[Float[Tensor, "b v"], PromptPairs, "Float[Tensor, 'b v'] | None"], Tensor]
 
@@ -59,6 +59,16 @@ def answer_logits(logits: Float[Tensor, "b t v"], batch: PromptPairs) -> Float[T
     return logits[rows, pos]
 
 
+def widen(x: Tensor) -> Tensor:
+    """``x`` in at least float32: half-precision logits lose the metric, float64 stays float64.
+
+    Example:
+        >>> widen(torch.zeros(2, dtype=torch.bfloat16)).dtype, widen(torch.zeros(2, dtype=torch.float64)).dtype
+        (torch.float32, torch.float64)
+    """
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _pick(x: Tensor, ids: Tensor) -> Tensor:
     ids = ids.to(x.device)
     if x.shape[0] != ids.shape[0]:
@@ -71,16 +81,16 @@ def _logit_diff(logits: Tensor, batch: PromptPairs, _ref: Tensor | None) -> Tens
 
 
 def _logprob(logits: Tensor, batch: PromptPairs, _ref: Tensor | None) -> Tensor:
-    return _pick(logits.float().log_softmax(-1), batch.answer)
+    return _pick(widen(logits).log_softmax(-1), batch.answer)
 
 
 def _prob(logits: Tensor, batch: PromptPairs, _ref: Tensor | None) -> Tensor:
-    return _pick(logits.float().softmax(-1), batch.answer)
+    return _pick(widen(logits).softmax(-1), batch.answer)
 
 
 def _kl(logits: Tensor, batch: PromptPairs, ref: Tensor | None) -> Tensor:
     assert ref is not None
-    logp = logits.float().log_softmax(-1)
+    logp = widen(logits).log_softmax(-1)
     if ref.shape[0] != logp.shape[0]:
         ref = ref.repeat(logp.shape[0] // ref.shape[0], 1)
     return (ref.exp() * (ref - logp)).sum(-1)
