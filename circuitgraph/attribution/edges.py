@@ -22,7 +22,7 @@ Every edge estimator has one signature and is found by name in :data:`EDGE_ESTIM
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -289,25 +289,41 @@ def _integrated_batch(
     mode: str,
     weights: AttnWeights,
 ) -> Float[Tensor, "s t"]:
-    """Σ over pairs of Δout_u · mean_k ∂L/∂in_v(x_k) for every candidate edge."""
+    """Σ over pairs of Δout_u · mean_k ∂L/∂in_v(x_k) for every candidate edge.
+
+    The point k = m is the base run itself; it goes first and also records the base run's
+    source outputs and embedding, so EAP costs 2 forward passes and 1 backward pass.
+    """
     base, src = (batch.clean, batch.corrupt) if mode == "noising" else (batch.corrupt, batch.clean)
     names = sorted({source_hook(s) for s in cands.sources} | {hooks.embed})
-    acts_base, acts_src = _capture(model, base, names), _capture(model, src, names)
+    acts_src = _capture(model, src, names)
+    reference = None if mode == "noising" else _clean_reference(model, batch, metric)
+    run = _GradRun(model, base, batch, metric, reference, cands, weights)
+    grads, acts_base, logits = run(None, names)
+    if reference is None and metric.needs_reference:
+        # noising: the base run is the clean run, the reference for every later point
+        run = replace(run, reference=widen(logits).log_softmax(-1))
     delta = source_outputs(acts_src, cands.sources, weights) - source_outputs(
         acts_base, cands.sources, weights
     )
-    reference = _clean_reference(model, batch, metric)
-    total = torch.zeros(
-        len(cands.sources), len(cands.targets), dtype=torch.float64, device=delta.device
-    )
+    total = _contract(delta, grads)
     e_base, e_src = acts_base[hooks.embed], acts_src[hooks.embed]
-    for k in range(1, steps + 1):
-        embed = e_src + (k / steps) * (e_base - e_src)
-        for cols, g_in in _target_input_grads(
-            model, base, batch, metric, reference, embed, cands, weights
-        ):
-            total[:, cols] += torch.einsum("btsd,btvd->sv", delta.double(), g_in.double())
+    for k in range(1, steps):
+        total += _contract(delta, run(e_src + (k / steps) * (e_base - e_src), ())[0])
     return total / steps
+
+
+def _contract(
+    delta: Float[Tensor, "b t s d"], grads: list[tuple[list[int], Tensor]]
+) -> Float[Tensor, "s v"]:
+    """Σ_{b,t} Δout_u · g_v for all (u, v): one matrix product per target group."""
+    n_targets = max(c for cols, _ in grads for c in cols) + 1
+    flat = delta.permute(2, 0, 1, 3).reshape(delta.shape[2], -1)  # [s, (b t d)], laid out once
+    total = torch.zeros(delta.shape[2], n_targets, dtype=torch.float64, device=delta.device)
+    for cols, g_in in grads:
+        g = g_in.to(delta.dtype).permute(0, 1, 3, 2).reshape(-1, len(cols))  # [(b t d), v]
+        total[:, cols] += (flat @ g).double()
+    return total
 
 
 def _clean_reference(model: Any, batch: PromptPairs, metric: Metric) -> Tensor | None:
@@ -351,31 +367,48 @@ def _norm_input_hook(kind: str, layer: int) -> str | None:
     return hooks.resid_mid(layer) if kind == "mlp" else None
 
 
-def _target_input_grads(
-    model: Any,
-    tokens: Tensor,
-    batch: PromptPairs,
-    metric: Metric,
-    reference: Tensor | None,
-    embed: Tensor,
-    cands: EdgeSet,
-    weights: AttnWeights,
-) -> list[tuple[list[int], Float[Tensor, "b t v d"]]]:
-    """∂L/∂in_v for every candidate target, at the run whose token embedding is ``embed``."""
-    groups = _target_groups(cands.targets)
-    grad_names = sorted({_grad_hook(g.kind, g.layer) for g in groups})
-    act_names = sorted({n for g in groups if (n := _norm_input_hook(g.kind, g.layer))})
-    acts: dict[str, Tensor] = {}
-    grads: dict[str, Tensor] = {}
-    leaf = embed.detach().requires_grad_(True)
-    fwd: list[tuple[str, Callable[..., Any]]] = [(hooks.embed, lambda act, hook: leaf)]
-    fwd += [(n, _keep(acts, n)) for n in act_names]
-    bwd = [(n, _keep(grads, n)) for n in grad_names]
-    with torch.enable_grad(), attached(model, fwd=fwd, bwd=bwd):
-        logits = answer_logits(model(tokens), batch)
-        values = check_finite(widen(metric(logits, batch, reference)))
-        torch.autograd.grad(values.sum(), [leaf])
-    return [(g.cols, _input_grad(model, g, grads, acts, weights)) for g in groups]
+@dataclass(frozen=True)
+class _GradRun:
+    """Forward + backward of the base tokens, giving ∂L/∂in_v for every candidate target."""
+
+    model: Any
+    tokens: Tensor
+    batch: PromptPairs
+    metric: Metric
+    reference: Tensor | None  # None in noising: the base run is the clean reference
+    cands: EdgeSet
+    weights: AttnWeights
+
+    def __call__(
+        self, embed: Tensor | None, record: Sequence[str]
+    ) -> tuple[list[tuple[list[int], Float[Tensor, "b t v d"]]], dict[str, Tensor], Tensor]:
+        """Gradients at the run whose token embedding is ``embed`` (None: the tokens' own),
+        the activations at the hooks named in ``record``, and the answer logits."""
+        groups = _target_groups(self.cands.targets)
+        grad_names = sorted({_grad_hook(g.kind, g.layer) for g in groups})
+        norm_inputs = {n for g in groups if (n := _norm_input_hook(g.kind, g.layer))}
+        acts: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+        leaf: list[Tensor] = []
+
+        def make_leaf(act: Tensor, hook: Any) -> Tensor:
+            acts[hooks.embed] = act.detach()
+            leaf.append((act if embed is None else embed).detach().requires_grad_(True))
+            return leaf[0]
+
+        fwd: list[tuple[str, Callable[..., Any]]] = [(hooks.embed, make_leaf)]
+        fwd += [(n, _keep(acts, n)) for n in sorted((norm_inputs | set(record)) - {hooks.embed})]
+        bwd = [(n, _keep(grads, n)) for n in grad_names]
+        with torch.enable_grad(), attached(self.model, fwd=fwd, bwd=bwd):
+            logits = answer_logits(self.model(self.tokens), self.batch)
+            ref = self.reference
+            if ref is None and self.metric.needs_reference:
+                ref = widen(logits.detach()).log_softmax(-1)
+            values = check_finite(widen(self.metric(logits, self.batch, ref)))
+            torch.autograd.grad(values.sum(), leaf)
+        m, w = self.model, self.weights
+        grads_in = [(g.cols, _input_grad(m, g, grads, acts, w)) for g in groups]
+        return grads_in, acts, logits.detach()
 
 
 def _keep(store: dict[str, Tensor], name: str) -> Callable[[Tensor, Any], None]:
