@@ -178,11 +178,14 @@ def tokenize_pairs(
     prepend_bos: bool = True,
     max_len: int | None = None,
     where: str = "pair",
+    labels: Sequence[str] | None = None,
 ) -> PromptPairs:
     """Tokenize text pairs into a right-padded :class:`PromptPairs` batch.
 
     Raises a :class:`DataError` naming the pair when clean and corrupt tokenize to different
     lengths, when an answer is not one token, or when a prompt is longer than ``max_len``.
+    Pair ``i`` is named ``f"{where} {i + 1}"``, or ``labels[i]`` when given (a file's
+    reader passes ``"FILE line N"``).
 
     Example:
         >>> batch = tokenize_pairs(model.tokenizer, [TextPair("a b", "a c", "d", "e")])  # doctest: +SKIP
@@ -191,8 +194,10 @@ def tokenize_pairs(
         raise DataError("expected at least one prompt pair but got none; check the data")
     bos = getattr(tokenizer, "bos_token_id", None) if prepend_bos else None
     clean, corrupt, answer, wrong = [], [], [], []
+    if labels is not None and len(labels) != len(pairs):
+        raise DataError(f"expected one label per pair but got {len(labels)} for {len(pairs)} pairs")
     for i, pair in enumerate(pairs):
-        label = f"{where} {i + 1}"
+        label = f"{where} {i + 1}" if labels is None else labels[i]
         c = list(tokenizer.encode(pair.clean, add_special_tokens=False))
         n = list(tokenizer.encode(pair.corrupt, add_special_tokens=False))
         if bos is not None:

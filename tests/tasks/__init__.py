@@ -1,0 +1,1 @@
+"""Tests of the built-in tasks and the data-file readers."""
