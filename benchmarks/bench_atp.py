@@ -1,0 +1,134 @@
+"""AtP and AtP* cost relative to the bare model's passes (targets ≤ 1.3 each).
+
+Reports, on the same batch and in the same run,
+
+* AtP time / (2 forward + 1 backward of the bare model),
+* AtP* time / (2 forward + (L+1) backward of the bare model),
+
+where a bare backward is the gradient of the summed metric with respect to the embedding
+output (activation gradients, no parameter gradients: what attribution needs). The bare
+passes and the estimators are timed alternately and the minimum over repeats is kept, so
+load from other processes affects both sides alike; with one thread the clock is the
+process's CPU time, which waiting for a busy core does not inflate. AtP* runs only the
+backwards that can change a score (L, not L+1: cutting layer 0 changes no node's
+gradient); the last ratio column sets it against 2 forward + L backward.
+
+    python -m benchmarks.bench_atp [--runs tiny-gpt2:2x12 gpt2-small:2x12] [--threads 1]
+
+One thread by default: on shared cores idle OpenMP workers spin and make multi-threaded
+timings meaningless (and the tiny models run fastest on one thread anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks.common import random_gpt2, random_pairs
+from circuitgraph.attribution import attribute_nodes
+from circuitgraph.hooking import attached
+from circuitgraph.nodes import hooks
+from circuitgraph.tasks.metrics import answer_logits, get_metric
+from circuitgraph.tasks.pairs import PromptPairs
+
+KINDS = ("head", "q", "k", "v", "mlp")
+
+
+def bare_passes(model: Any, pairs: PromptPairs, n_backward: int) -> Callable[[], None]:
+    """2 forward passes and ``n_backward`` backward passes of the model, nothing else."""
+    metric = get_metric("logit_diff")
+
+    def run() -> None:
+        leaf: dict[str, torch.Tensor] = {}
+
+        def make_leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            leaf["x"] = act.detach().requires_grad_(True)
+            return leaf["x"]
+
+        with torch.no_grad():
+            model(pairs.corrupt)
+        with torch.enable_grad(), attached(model, fwd=[(hooks.embed, make_leaf)]):
+            loss = metric(answer_logits(model(pairs.clean), pairs), pairs).sum()
+            for i in range(n_backward):
+                torch.autograd.grad(loss, [leaf["x"]], retain_graph=i < n_backward - 1)
+
+    return run
+
+
+def clock() -> float:
+    """CPU time of this process with one thread (waiting for a shared core does not count),
+    wall time otherwise."""
+    return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
+def interleaved_min(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Minimum time of each function, the functions run in turn ``repeats`` times."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            best[name] = min(best[name], clock() - start)
+    return best
+
+
+def measure(shape: str, n_pairs: int, seq: int, repeats: int) -> dict[str, float]:
+    model, info = random_gpt2(shape)
+    pairs = random_pairs(info.d_vocab, n_pairs, seq)
+    n_layers = info.n_layers
+
+    def estimator(method: str) -> Callable[[], object]:
+        return lambda: attribute_nodes(model, pairs, method=method, kinds=KINDS, batch_size=n_pairs)
+
+    fns = {
+        "bare_1": bare_passes(model, pairs, 1),
+        "atp": estimator("atp"),
+        "bare_L1": bare_passes(model, pairs, n_layers + 1),
+        "bare_L": bare_passes(model, pairs, n_layers),
+        "atp*": estimator("atp*"),
+    }
+    interleaved_min(fns, 1)  # warm-up
+    return {"layers": n_layers, **interleaved_min(fns, repeats)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument(
+        "--runs", nargs="+", default=["tiny-gpt2:2x12", "tiny-gpt2:32x16", "gpt2-small:2x12"],
+        help="SHAPE:PAIRSxSEQ for each row",
+    )  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3, help="repeats (x10 for tiny shapes)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); nodes "
+        f"{', '.join(KINDS)}; min of interleaved repeats; "
+        f"{'process CPU time' if args.threads == 1 else 'wall clock'}"
+    )
+    print(
+        f"{'model':<12}{'batch':>7}{'AtP':>9}{'2f+1b':>9}{'ratio':>7}{'AtP*':>9}"
+        f"{'2f+(L+1)b':>11}{'ratio':>7}{'2f+Lb':>9}{'ratio':>7}   (targets <= 1.3)"
+    )
+    for run in args.runs:
+        shape, batch = run.split(":")
+        n_pairs, seq = (int(x) for x in batch.split("x"))
+        repeats = args.repeats * (10 if shape.startswith("tiny") else 1)
+        r = measure(shape, n_pairs, seq, repeats)
+        print(
+            f"{shape:<12}{batch:>7}{_ms(r['atp'])}{_ms(r['bare_1'])}{r['atp'] / r['bare_1']:>7.3f}"
+            f"{_ms(r['atp*'])}{_ms(r['bare_L1'], 11)}{r['atp*'] / r['bare_L1']:>7.3f}"
+            f"{_ms(r['bare_L'])}{r['atp*'] / r['bare_L']:>7.3f}"
+        )
+
+
+def _ms(seconds: float, width: int = 9) -> str:
+    return f"{seconds * 1e3:>{width - 2}.1f}ms"
+
+
+if __name__ == "__main__":
+    main()
