@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from circuitgraph.errors import CircuitGraphError
+from circuitgraph.errors import CircuitGraphError, ConfigError
+
+from . import common
+from .common import DEFAULT_MODEL, Output, dumps, out_dir, user_errors, write
+from .report import manifest, report_md
 
 app = typer.Typer(
     name="circuitgraph",
@@ -15,6 +22,408 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# ---- shared options ----------------------------------------------------------------------
+Model = Annotated[
+    str, typer.Option("--model", "-m", help="zoo:NAME, a local HF directory, or a hub name.")
+]
+Task = Annotated[str | None, typer.Option(help="Built-in task (see `circuitgraph tasks`).")]
+Data = Annotated[Path | None, typer.Option(help="JSONL or CSV of clean, corrupt, answer, wrong.")]
+MetricOpt = Annotated[str, typer.Option(help="logit_diff, logprob, prob or kl.")]
+NPairs = Annotated[
+    int, typer.Option("--n-pairs", help="Prompt pairs to generate (or read at most).")
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Pairs per forward pass.")]
+Device = Annotated[
+    str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+]
+Dtype = Annotated[str | None, typer.Option(help="float32 (default), bfloat16, float16, float64.")]
+Seed = Annotated[int, typer.Option(help="Seed for generated pairs and random subsets.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")]
+Kinds = Annotated[str, typer.Option(help="Comma-separated node kinds: head,q,k,v,mlp,neuron.")]
+PerPosition = Annotated[bool, typer.Option("--per-position", help="One node per token position.")]
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _setup(model: str, task: str | None, data: Path | None, n_pairs: int, seed: int,
+           device: str | None, dtype: str | None) -> tuple[Any, Any, Any, str]:  # fmt: skip
+    mdl, info = common.load(model, device, dtype)
+    pairs, source = common.load_data(mdl, info, task, data, n_pairs, seed)
+    return mdl, info, pairs, source
+
+
+@app.command()
+def discover(
+    model: Model = DEFAULT_MODEL,
+    task: Task = None,
+    data: Data = None,
+    metric: MetricOpt = "logit_diff",
+    n_pairs: NPairs = 64,
+    batch_size: BatchSize = 32,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    node_method: Annotated[str, typer.Option(help="Node screening method.")] = "atp*",
+    edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
+    kinds: Kinds = "head,q,k,v,mlp",
+    per_position: PerPosition = False,
+    keep_nodes: Annotated[int, typer.Option(help="Top nodes kept for edge attribution.")] = 20,
+    verify_k: Annotated[int, typer.Option(help="Top nodes verified by exact patching.")] = 10,
+    diagnose_subsets: Annotated[
+        int, typer.Option(help="Random subsets for the bound (0: skip).")
+    ] = 100,
+    edge_top_n: Annotated[
+        int | None, typer.Option(help="Keep the n highest-scoring edges.")
+    ] = None,
+    edge_threshold: Annotated[
+        float | None, typer.Option(help="Keep edges with |score| >= this.")
+    ] = None,
+    greedy: Annotated[
+        int | None, typer.Option(help="Grow n edges from the logits backwards.")
+    ] = None,
+    out: Out = Path("circuitgraph-out"),
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Run the whole pipeline and write circuit.json, .dot, .svg/.png, CSVs and a report."""
+    from circuitgraph.discover import DiscoverConfig, discover_circuit
+
+    show = Output(quiet, json)
+    with user_errors():
+        if edge_top_n is None and edge_threshold is None and greedy is None:
+            edge_top_n = 20
+        config = DiscoverConfig(
+            metric=metric, node_method=node_method, kinds=_kinds(kinds), per_position=per_position,
+            verify_k=verify_k, diagnose_subsets=diagnose_subsets, keep_nodes=keep_nodes,
+            edge_method=edge_method, edge_top_n=edge_top_n, edge_threshold=edge_threshold,
+            edge_greedy=greedy, batch_size=batch_size, seed=seed,
+        )  # fmt: skip
+        folder = out_dir(out)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        with show.stages() as stages:
+            found = discover_circuit(mdl, pairs, config, stages, attrs=_where(model, source, data))
+        written = _write_discovery(folder, found, model, source, asdict(config), show)
+        g = found.circuit.graph
+        summary = {
+            "out": str(folder), "files": written, "n_nodes": g["n_nodes"], "n_edges": g["n_edges"],
+            "faithfulness": g["faithfulness"], "diagnostic_bound": g["diagnostic_bound"],
+        }  # fmt: skip
+        show.result(
+            summary,
+            f"circuit: {g['n_nodes']} nodes, {g['n_edges']} edges, faithfulness "
+            f"{g['faithfulness']:.3f} ({metric}) -> {folder}/ ({', '.join(written)})",
+        )
+
+
+def _where(model: str, source: str, data: Path | None) -> dict[str, str | None]:
+    """Graph attributes that let `verify` rerun on the same model and pairs."""
+    if data is None:
+        return {"model": model, "task": source, "data": None}
+    return {"model": model, "task": None, "data": str(data)}
+
+
+def _write_discovery(
+    folder: Path, found: Any, model: str, source: str, config: dict[str, Any], show: Output
+) -> list[str]:
+    from circuitgraph import export
+
+    exact = {r["node"]: r["true"] for r in found.verification.rows()} if found.verification else {}
+    in_circuit = {
+        f"{u}->{v}" for u, v, d in found.circuit.edges(data=True) if not d.get("internal")
+    }
+    files = {
+        "circuit.json": dumps(export.to_json(found.circuit)),
+        "circuit.dot": export.to_dot(found.circuit).source,
+        "nodes.csv": common.node_csv(found.node_scores, exact),
+        "edges.csv": common.edge_csv(found.edge_scores, in_circuit),
+        "report.md": report_md(found, model, source),
+        "manifest.json": dumps(manifest(model, source, config)),
+    }
+    for name, text in files.items():
+        write(folder / name, text)
+    written = list(files)
+    for fmt in ("svg", "png"):
+        try:
+            export.render(found.circuit, folder / f"circuit.{fmt}", format=fmt)
+            written.append(f"circuit.{fmt}")
+        except CircuitGraphError as err:
+            show.say(f"note: {err}")
+            break
+    return written
+
+
+@app.command()
+def nodes(
+    model: Model = DEFAULT_MODEL,
+    task: Task = None,
+    data: Data = None,
+    metric: MetricOpt = "logit_diff",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="atp*, atp, atp+qkfix, atp+graddrop, exact, subsampling, blocks, random."
+        ),
+    ] = "atp*",
+    kinds: Kinds = "head,q,k,v,mlp",
+    per_position: PerPosition = False,
+    n_pairs: NPairs = 64,
+    batch_size: BatchSize = 32,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
+    out: Out = Path("circuitgraph-out"),
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Score every node with one method; write nodes.json and nodes.csv."""
+    from circuitgraph.attribution import attribute_nodes
+
+    show = Output(quiet, json)
+    with user_errors():
+        folder = out_dir(out)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        with show.stages() as stages:
+            scores = attribute_nodes(
+                mdl, pairs, metric, method, _kinds(kinds), per_position, batch_size,
+                progress=stages(f"{method} nodes", len(pairs)), **_seeded(method, seed),
+            )  # fmt: skip
+        write(folder / "nodes.json", dumps(scores.to_json()))
+        write(folder / "nodes.csv", common.node_csv(scores))
+        ranked = [(n.id, *scores[n]) for n in scores.top_k(top)]
+        text = "\n".join(
+            f"{i:>3}  {nid:<16} {s:>+12.5g}" for i, (nid, s, _) in enumerate(ranked, 1)
+        )
+        show.result(
+            {
+                "out": str(folder),
+                "method": method,
+                "top": [{"node": r[0], "signed": r[1], "score": r[2]} for r in ranked],
+            },
+            f"{method} over {len(scores)} nodes ({len(pairs)} pairs); top {len(ranked)} by "
+            f"{scores.meta.get('ranked_by', '|signed|')}:\n{text}\n-> {folder}/nodes.json, nodes.csv",
+        )
+
+
+def _seeded(method: str, seed: int) -> dict[str, Any]:
+    return {"seed": seed} if method in ("random", "subsampling") else {}
+
+
+@app.command()
+def edges(
+    model: Model = DEFAULT_MODEL,
+    task: Task = None,
+    data: Data = None,
+    metric: MetricOpt = "logit_diff",
+    method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
+    keep_nodes: Annotated[
+        int | None, typer.Option(help="Screen nodes first and keep the top n.")
+    ] = None,
+    node_method: Annotated[str, typer.Option(help="Screening method for --keep-nodes.")] = "atp*",
+    n_pairs: NPairs = 64,
+    batch_size: BatchSize = 32,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
+    out: Out = Path("circuitgraph-out"),
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Score edges (all, or among the top screened nodes); write edges.json and edges.csv."""
+    from circuitgraph.attribution import attribute_nodes
+    from circuitgraph.attribution.edges import attribute_edges, edge_candidates
+
+    show = Output(quiet, json)
+    with user_errors():
+        folder = out_dir(out)
+        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        with show.stages() as stages:
+            node_scores = None
+            if keep_nodes is not None:
+                node_scores = attribute_nodes(
+                    mdl, pairs, metric, node_method, batch_size=batch_size,
+                    progress=stages("screen nodes", len(pairs)),
+                )  # fmt: skip
+            cands = edge_candidates(info, node_scores, keep=keep_nodes)
+            scores = attribute_edges(
+                mdl, pairs, metric, method, cands, batch_size,
+                progress=stages(f"{method} edges", len(pairs)),
+            )  # fmt: skip
+        write(folder / "edges.json", dumps(scores.to_json()))
+        write(folder / "edges.csv", common.edge_csv(scores))
+        ranked = [(e.id, *scores[e]) for e in scores.top_k(top)]
+        text = "\n".join(
+            f"{i:>3}  {eid:<28} {s:>+12.5g}" for i, (eid, s, _) in enumerate(ranked, 1)
+        )
+        show.result(
+            {
+                "out": str(folder),
+                "method": method,
+                "n_edges": len(scores),
+                "top": [{"edge": r[0], "signed": r[1]} for r in ranked],
+            },
+            f"{method} over {len(scores)} edges ({len(pairs)} pairs):\n{text}\n-> {folder}/edges.json, edges.csv",
+        )
+
+
+@app.command()
+def verify(
+    circuit: Annotated[Path, typer.Argument(help="A circuit.json written by discover.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Default: the circuit's model.")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Default: the circuit's task.")] = None,
+    data: Data = None,
+    metric: Annotated[str | None, typer.Option(help="Default: the circuit's metric.")] = None,
+    n_pairs: NPairs = 64,
+    batch_size: BatchSize = 32,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed for generated pairs (use another for held-out pairs).")
+    ] = 0,
+    out: Out = Path("circuitgraph-out"),
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Exact checks of a circuit: faithfulness and each edge's exact effect; writes verify.json."""
+    from circuitgraph.discover import circuit_edges
+    from circuitgraph.export import read_json
+    from circuitgraph.patching import evaluate_circuit, patch_edges
+
+    show = Output(quiet, json)
+    with user_errors():
+        g = read_json(circuit)
+        model = model or _from_graph(g, "model", "--model")
+        metric = metric or str(g.graph.get("metric", "logit_diff"))
+        if data is None and task is None:
+            recorded = g.graph.get("data")
+            data = Path(recorded) if recorded else None
+            task = None if data else _from_graph(g, "task", "--task or --data")
+        folder = out_dir(out)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        kept = circuit_edges(g)
+        faith = evaluate_circuit(mdl, pairs, kept, metric, batch_size)
+        exact = patch_edges(mdl, pairs, kept, metric, batch_size=batch_size) if kept else None
+        rows = [
+            {
+                "edge": e.id,
+                "exact": exact[e][0] if exact else None,
+                "estimate": g.edges[e.src.id, e.dst.id].get("signed"),
+            }
+            for e in kept
+        ]
+        result = {"circuit": str(circuit), "model": model, "data": source, "metric": metric,
+                  "n_pairs": len(pairs), "n_edges": len(kept), "faithfulness": faith.faithfulness,
+                  "metric_clean": faith.metric_clean, "metric_corrupt": faith.metric_corrupt,
+                  "metric_circuit": faith.metric_circuit, "edges": rows}  # fmt: skip
+        write(folder / "verify.json", dumps(result))
+        show.result(
+            {k: v for k, v in result.items() if k != "edges"},
+            f"{len(kept)} edges on {len(pairs)} pairs ({source}): faithfulness {faith.faithfulness:.3f} "
+            f"(clean {faith.metric_clean:.3f}, corrupt {faith.metric_corrupt:.3f}, circuit "
+            f"{faith.metric_circuit:.3f}) -> {folder}/verify.json",
+        )
+
+
+def _from_graph(g: Any, key: str, option: str) -> str:
+    value = g.graph.get(key)
+    if not value:
+        raise ConfigError(f"the circuit file does not record its {key}; pass {option}")
+    return str(value)
+
+
+@app.command()
+def diagnose(
+    model: Model = DEFAULT_MODEL,
+    task: Task = None,
+    data: Data = None,
+    metric: MetricOpt = "logit_diff",
+    method: Annotated[
+        str, typer.Option(help="Screening method whose top nodes count as verified.")
+    ] = "atp*",
+    kinds: Kinds = "head,q,k,v,mlp",
+    verified: Annotated[int, typer.Option(help="Top screened nodes taken as verified.")] = 10,
+    subsets: Annotated[int, typer.Option(help="Random subsets to patch.")] = 200,
+    p: Annotated[float, typer.Option(help="Probability of each node in a subset.")] = 0.25,
+    confidence: Annotated[float, typer.Option(help="Confidence of the bound.")] = 0.95,
+    n_pairs: NPairs = 64,
+    batch_size: BatchSize = 32,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    out: Out = Path("circuitgraph-out"),
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Bound the largest effect of any node outside the screen's top ones; writes diagnosis.json."""
+    from circuitgraph.attribution import attribute_nodes
+    from circuitgraph.attribution import diagnose as run_diagnosis
+
+    show = Output(quiet, json)
+    with user_errors():
+        folder = out_dir(out)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        with show.stages() as stages:
+            scores = attribute_nodes(mdl, pairs, metric, method, _kinds(kinds), batch_size=batch_size,
+                                     progress=stages("screen nodes", len(pairs)))  # fmt: skip
+            top = set(scores.top_k(verified))
+            rest = [n for n in scores.nodes if n not in top]
+            d = run_diagnosis(
+                mdl, pairs, rest, metric, p=p, n_subsets=subsets, confidence=confidence,
+                seed=seed, batch_size=batch_size, progress=stages("random subsets", len(pairs) * subsets),
+            )  # fmt: skip
+        result = {"bound": d.bound, "confidence": d.confidence, "n_unverified": len(rest),
+                  "n_subsets": d.n_subsets, "p": d.p, "forward_passes": d.forward_passes,
+                  "caveat": d.caveat, "verified": [n.id for n in scores.top_k(verified)],
+                  "nodes": d.rows()}  # fmt: skip
+        write(folder / "diagnosis.json", dumps(result))
+        show.result(
+            {k: v for k, v in result.items() if k != "nodes"},
+            d.table() + f"\n-> {folder}/diagnosis.json",
+        )
+
+
+EXPORT_FORMATS = ("svg", "png", "pdf", "dot", "json", "node-link", "graphml", "mib")
+
+
+@app.command("export")
+def export_circuit(
+    circuit: Annotated[Path, typer.Argument(help="A circuit.json written by discover.")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help=f"One of: {', '.join(EXPORT_FORMATS)}.")
+    ] = "svg",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file (default: next to the input).")
+    ] = None,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Convert a circuit.json to another format."""
+    from circuitgraph import export
+
+    show = Output(quiet, json)
+    with user_errors():
+        if format not in EXPORT_FORMATS:
+            raise ConfigError(f"expected --format among {list(EXPORT_FORMATS)} but got {format!r}")
+        g = export.read_json(circuit)
+        suffix = {"node-link": ".node-link.json", "mib": ".mib.json"}.get(format, f".{format}")
+        target = out or circuit.with_name(circuit.name.removesuffix(".json") + suffix)
+        writers = {
+            "dot": export.write_dot, "json": export.write_json, "node-link": export.write_node_link,
+            "graphml": export.write_graphml, "mib": export.write_mib,
+        }  # fmt: skip
+        if format in writers:
+            writers[format](g, target)
+        else:
+            export.render(g, target, format=format)
+        show.result({"out": str(target), "format": format}, f"-> {target}")
 
 
 @app.command()

@@ -169,10 +169,12 @@ def attribute_edges(
     if mode not in MODES:
         raise ConfigError(f"expected mode among {list(MODES)} but got {mode!r}")
     cands = candidates if candidates is not None else EdgeSet.full(info)
-    return estimator(
+    scores: EdgeScores = estimator(
         model, pairs, cands, get_metric(metric),
         batch_size=batch_size, mode=mode, progress=progress, **options,
     )  # fmt: skip
+    check_finite(scores.signed, f"the {method} edge scores")
+    return scores
 
 
 def _check_sequential(info: ModelInfo) -> None:

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from circuitgraph.cli.app import app
 from typer.testing import CliRunner
+
+from circuitgraph.cli.app import app
 
 runner = CliRunner()
 

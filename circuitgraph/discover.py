@@ -1,0 +1,239 @@
+"""The whole pipeline: screen nodes, verify, bound what was missed, attribute edges among
+the kept nodes, prune into a circuit, measure its faithfulness.
+
+Example:
+    >>> from circuitgraph import load_model
+    >>> from circuitgraph.tasks import make_pairs
+    >>> model, info = load_model("zoo:attn-only-2l")  # doctest: +SKIP
+    >>> pairs = make_pairs("induction", model.tokenizer, 64)  # doctest: +SKIP
+    >>> found = discover_circuit(model, pairs, DiscoverConfig())  # doctest: +SKIP
+    >>> found.circuit.graph["faithfulness"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+
+from circuitgraph.attribution import attribute_nodes, diagnose, verify_nodes
+from circuitgraph.attribution.diagnostics import Diagnosis
+from circuitgraph.attribution.edges import attribute_edges, edge_candidates
+from circuitgraph.attribution.verify import Verification
+from circuitgraph.errors import ConfigError
+from circuitgraph.graph import build_circuit, model_attrs
+from circuitgraph.model import model_info
+from circuitgraph.nodes import Edge, Node
+from circuitgraph.patching import CircuitEval, evaluate_circuit, patch_edges
+from circuitgraph.scores import EdgeScores, NodeScores
+from circuitgraph.tasks.pairs import PromptPairs
+
+__all__ = ["DiscoverConfig", "Discovery", "circuit_edges", "discover_circuit"]
+
+#: a progress reporter: (stage name, total units) → callback taking units done
+Stages = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Every choice the pipeline makes; the defaults are the ones ``circuitgraph discover`` uses."""
+
+    metric: str = "logit_diff"
+    node_method: str = "atp*"
+    kinds: tuple[str, ...] = ("head", "q", "k", "v", "mlp")
+    per_position: bool = False
+    verify_k: int = 10
+    diagnose_subsets: int = 100
+    diagnose_p: float = 0.25
+    confidence: float = 0.95
+    keep_nodes: int = 20
+    edge_method: str = "eap"
+    edge_top_n: int | None = 20
+    edge_threshold: float | None = None
+    edge_greedy: int | None = None
+    curve_sizes: tuple[int, ...] = (5, 10, 20, 50, 100)
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        chosen = [
+            x for x in (self.edge_top_n, self.edge_threshold, self.edge_greedy) if x is not None
+        ]
+        if len(chosen) != 1:
+            raise ConfigError(
+                "expected exactly one edge selection (top-n, threshold or greedy) but got "
+                f"{len(chosen)}; pass one of them"
+            )
+        if self.keep_nodes < 1 or self.verify_k < 0:
+            raise ConfigError("expected keep_nodes >= 1 and verify_k >= 0")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Everything the pipeline found, with the time each stage took (seconds)."""
+
+    node_scores: NodeScores
+    verification: Verification | None
+    diagnosis: Diagnosis | None
+    edge_scores: EdgeScores
+    circuit: nx.DiGraph
+    faithfulness: CircuitEval
+    curve: list[tuple[int, float]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _no_progress(stage: str, total: int) -> Callable[[int], None]:
+    return lambda done: None
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = time.perf_counter() - start
+
+
+def discover_circuit(
+    model: Any,
+    pairs: PromptPairs,
+    config: DiscoverConfig,
+    stages: Stages = _no_progress,
+    attrs: Mapping[str, Any] | None = None,
+) -> Discovery:
+    """Run the pipeline of DESIGN §1 on ``pairs`` and return what it found.
+
+    ``stages(name, total)`` is called at the start of each stage and returns a callback
+    that receives units of work as they finish (the CLI draws progress bars with it).
+    """
+    info = model_info(model)
+    c, n = config, len(pairs)
+    t: dict[str, float] = {}
+    with _timed(t, "screen"):
+        nodes = attribute_nodes(
+            model, pairs, c.metric, c.node_method, c.kinds, c.per_position, c.batch_size,
+            progress=stages("screen nodes", 0),  # units differ by method: no fixed total
+        )  # fmt: skip
+    verification = None
+    if c.verify_k > 0:
+        with _timed(t, "verify"):
+            k = min(c.verify_k, len(nodes))
+            verification = verify_nodes(
+                model, pairs, nodes, k=k, batch_size=c.batch_size,
+                progress=stages("verify top nodes", n * k),
+            )  # fmt: skip
+    diagnosis = _diagnose(model, pairs, nodes, verification, c, stages, t)
+    with _timed(t, "edges"):
+        cands = edge_candidates(info, _whole_nodes(nodes, c.keep_nodes), keep=None)
+        edges = attribute_edges(
+            model, pairs, c.metric, c.edge_method, cands, c.batch_size,
+            progress=stages("attribute edges", n),
+        )  # fmt: skip
+    with _timed(t, "circuit"):
+        graph_attrs = {
+            **model_attrs(info), **dict(attrs or {}), "metric": c.metric,
+            "node_method": c.node_method, "edge_method": c.edge_method, "n_pairs": n,
+            "config": asdict(c),
+        }  # fmt: skip
+        circuit = build_circuit(
+            edges, nodes, top_n=c.edge_top_n, threshold=c.edge_threshold, greedy=c.edge_greedy,
+            verified_nodes=_verified(verification), attrs=graph_attrs,
+        )  # fmt: skip
+        kept = circuit_edges(circuit)
+        _add_exact_edges(model, pairs, circuit, kept, c, stages)
+    with _timed(t, "faithfulness"):
+        faith = evaluate_circuit(model, pairs, kept, c.metric, c.batch_size)
+        sizes = sorted({s for s in c.curve_sizes if s <= len(edges)} | {len(kept)})
+        curve = [
+            (s, evaluate_circuit(model, pairs, edges.top_k(s), c.metric, c.batch_size).faithfulness)
+            for s in sizes
+        ]
+    circuit.graph.update(
+        faithfulness=faith.faithfulness, faithfulness_curve=[list(p) for p in curve],
+        metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
+        metric_circuit=faith.metric_circuit,
+        diagnostic_bound=None if diagnosis is None else diagnosis.bound,
+        diagnostic_confidence=None if diagnosis is None else diagnosis.confidence,
+    )  # fmt: skip
+    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t)
+
+
+def _diagnose(
+    model: Any,
+    pairs: PromptPairs,
+    nodes: NodeScores,
+    verification: Verification | None,
+    c: DiscoverConfig,
+    stages: Stages,
+    t: dict[str, float],
+) -> Diagnosis | None:
+    verified = set(verification.nodes) if verification is not None else set()
+    rest = [x for x in nodes.nodes if x not in verified]
+    if c.diagnose_subsets <= 0 or len(rest) < 2:
+        return None
+    with _timed(t, "diagnose"):
+        return diagnose(
+            model, pairs, rest, c.metric, p=c.diagnose_p, n_subsets=c.diagnose_subsets,
+            confidence=c.confidence, seed=c.seed, batch_size=c.batch_size,
+            progress=stages("diagnose the rest", len(pairs) * c.diagnose_subsets),
+        )  # fmt: skip
+
+
+def _whole_nodes(scores: NodeScores, keep: int) -> NodeScores:
+    """The top ``keep`` whole nodes (per-position scores summed into their node)."""
+    if not any(n.position is not None for n in scores.nodes):
+        return scores.subset(scores.top_k(keep))
+    order: list[Node] = []
+    for node in scores.ranking():
+        whole = node.at(None)
+        if whole not in order:
+            order.append(whole)
+    kept = order[:keep]
+    ones = torch.ones(len(kept), dtype=torch.float64)
+    return NodeScores(tuple(kept), ones, ones, scores.method, scores.metric, scores.n_pairs)
+
+
+def _verified(v: Verification | None) -> dict[Node | str, float]:
+    if v is None:
+        return {}
+    return {n: float(x) for n, x in zip(v.nodes, v.true.tolist(), strict=True)}
+
+
+def circuit_edges(circuit: nx.DiGraph) -> list[Edge]:
+    """The scored (non-internal) edges of a circuit graph.
+
+        Example:
+            >>> import networkx as nx
+    import torch
+            >>> g = nx.DiGraph(); g.add_edge("input", "a0.h1<q>", internal=False)
+            >>> [e.id for e in circuit_edges(g)]
+            ['input->a0.h1<q>']
+    """
+    return [
+        Edge.parse(f"{u}->{v}") for u, v, d in circuit.edges(data=True) if not d.get("internal")
+    ]
+
+
+def _add_exact_edges(
+    model: Any,
+    pairs: PromptPairs,
+    circuit: nx.DiGraph,
+    kept: Sequence[Edge],
+    c: DiscoverConfig,
+    stages: Stages,
+) -> None:
+    """Verify the circuit's own edges with exact edge patching (one forward each)."""
+    if not kept:
+        return
+    exact = patch_edges(
+        model, pairs, list(kept), c.metric, batch_size=c.batch_size,
+        progress=stages("verify circuit edges", len(pairs) * len(kept)),
+    )  # fmt: skip
+    for e in kept:
+        circuit.edges[e.src.id, e.dst.id]["exact"] = exact[e][0]

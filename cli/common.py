@@ -1,0 +1,156 @@
+"""What every command shares: loading the model and pairs, progress, writing outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from circuitgraph.errors import CircuitGraphError, ConfigError, ExportError
+from circuitgraph.scores import EdgeScores, NodeScores
+
+DEFAULT_MODEL = "zoo:attn-only-2l"
+DEFAULT_TASK = "induction"
+
+
+@dataclass(frozen=True)
+class Output:
+    """How a command talks: progress bars and a summary, or nothing but JSON."""
+
+    quiet: bool = False
+    as_json: bool = False
+
+    def say(self, text: str) -> None:
+        if not (self.quiet or self.as_json):
+            typer.echo(text)
+
+    def result(self, summary: dict[str, Any], text: str) -> None:
+        """The command's closing summary: one JSON object with --json, else the text."""
+        if self.as_json:
+            typer.echo(json.dumps(summary, indent=1, default=str))
+        elif not self.quiet:
+            typer.echo(text)
+
+    @contextmanager
+    def stages(self) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+        """A progress bar per stage on stderr (none with --quiet/--json or off a terminal)."""
+        if self.quiet or self.as_json or not sys.stderr.isatty():
+            yield lambda name, total: lambda done: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description:<22}"), BarColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=False,
+        ) as bar:  # fmt: skip
+
+            def stage(name: str, total: int) -> Callable[[int], None]:
+                task = bar.add_task(name, total=total if total > 0 else None)
+                return lambda done: bar.advance(task, done)
+
+            yield stage
+
+
+def fail(err: Exception, code: int = 1) -> typer.Exit:
+    """Print a one-line error and make the exit that goes with it."""
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a library error (always a user mistake) into one line and exit status 1."""
+    try:
+        yield
+    except CircuitGraphError as err:
+        raise fail(err) from None
+    except KeyboardInterrupt:
+        raise fail(Exception("interrupted")) from None
+
+
+def load(model_spec: str, device: str | None, dtype: str | None) -> tuple[Any, Any]:
+    from circuitgraph.model import load_model
+
+    return load_model(model_spec, device=device, dtype=dtype)
+
+
+def load_data(
+    model: Any, info: Any, task: str | None, data: Path | None, n_pairs: int, seed: int
+) -> tuple[Any, str]:
+    """Prompt pairs from ``--data`` or a built-in ``--task``; returns (pairs, source label)."""
+    from circuitgraph.tasks import load_pairs, make_pairs
+
+    if task is not None and data is not None:
+        raise ConfigError("expected --task or --data but got both; pass one of them")
+    if data is not None:
+        pairs = load_pairs(data, model.tokenizer, max_len=info.n_ctx)
+        if n_pairs and len(pairs) > n_pairs:
+            pairs = pairs.select(slice(0, n_pairs))
+        return pairs, str(data)
+    name = task or DEFAULT_TASK
+    if n_pairs < 1:
+        raise ConfigError(f"expected --n-pairs of at least 1 but got {n_pairs}")
+    return make_pairs(name, model.tokenizer, n_pairs, seed=seed, max_len=info.n_ctx), name
+
+
+def out_dir(path: Path) -> Path:
+    """Create the output directory, or say in one line why it cannot be used."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".circuitgraph-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ExportError(
+            f"cannot write to the output directory {str(path)!r} ({err.strerror}); choose "
+            "another with --out"
+        ) from None
+    return path
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    from circuitgraph.export import atomic_write
+
+    return atomic_write(path, data)
+
+
+def node_csv(scores: NodeScores, exact: dict[str, float] | None = None) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rank", "node", "kind", "layer", "index", "position", "signed", "score", "exact"])
+    for rank, n in enumerate(scores.ranking(), 1):
+        signed, score = scores[n]
+        x = (exact or {}).get(n.id)
+        w.writerow(
+            [rank, n.id, n.kind, n.layer, _blank(n.index), _blank(n.position), f"{signed:.9g}",
+             f"{score:.9g}", "" if x is None else f"{x:.9g}"]
+        )  # fmt: skip
+    return buf.getvalue()
+
+
+def edge_csv(scores: EdgeScores, in_circuit: set[str] | None = None) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rank", "edge", "source", "target", "signed", "score", "in_circuit"])
+    for rank, e in enumerate(scores.ranking(), 1):
+        signed, score = scores[e]
+        inside = "" if in_circuit is None else str(e.id in in_circuit).lower()
+        w.writerow([rank, e.id, e.src.id, e.dst.id, f"{signed:.9g}", f"{score:.9g}", inside])
+    return buf.getvalue()
+
+
+def _blank(x: int | None) -> str | int:
+    return "" if x is None else x
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=1, sort_keys=False) + "\n"

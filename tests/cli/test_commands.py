@@ -1,0 +1,381 @@
+"""Every command through Typer's CliRunner, the files it writes, and each bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from pathlib import Path
+
+import networkx as nx
+import pytest
+from typer.testing import CliRunner
+
+from circuitgraph.cli.app import app
+from circuitgraph.export import read_json
+
+runner = CliRunner()
+WORDS = [f"w{i}" for i in range(44)]
+
+
+def _text(result) -> str:
+    out = result.output
+    with contextlib.suppress(ValueError):  # stderr may be mixed into output already
+        out += result.stderr
+    return out
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(10):
+        toks = [rng.choice(WORDS) for _ in range(6)]
+        bad = list(toks)
+        bad[2] = rng.choice(WORDS)
+        rows.append(
+            {
+                "clean": " ".join(toks),
+                "corrupt": " ".join(bad),
+                "answer": rng.choice(WORDS),
+                "wrong": rng.choice(WORDS),
+            }
+        )
+    return _jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", rows)
+
+
+SMALL = ["--keep-nodes", "8", "--verify-k", "3", "--diagnose-subsets", "12", "--n-pairs", "10"]
+
+
+@pytest.fixture(scope="module")
+def discovered(gpt2_dir, data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("disc")
+    result = runner.invoke(
+        app, ["discover", "--model", gpt2_dir, "--data", str(data), "--out", str(out), *SMALL]
+    )
+    assert result.exit_code == 0, _text(result)
+    return out
+
+
+def test_discover_writes_every_file(discovered):
+    names = {p.name for p in discovered.iterdir()}
+    assert {
+        "circuit.json",
+        "circuit.dot",
+        "nodes.csv",
+        "edges.csv",
+        "report.md",
+        "manifest.json",
+    } <= names
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]
+    g = read_json(discovered / "circuit.json")
+    assert g.graph["n_edges"] > 0 and 0 < g.graph["n_nodes"] == g.number_of_nodes()
+    assert "faithfulness" in g.graph and "diagnostic_bound" in g.graph
+    # every circuit node lies on an input -> logits path
+    for n in g.nodes:
+        assert nx.has_path(g, "input", n) and nx.has_path(g, n, "logits")
+    report = (discovered / "report.md").read_text()
+    assert "faithfulness" in report and "false-negative bound" in report and "Timings" in report
+    manifest = json.loads((discovered / "manifest.json").read_text())
+    assert manifest["config"]["seed"] == 0 and "torch" in manifest["versions"]
+
+
+def test_dot_has_one_node_per_circuit_node_and_ranks_per_layer(discovered):
+    g = read_json(discovered / "circuit.json")
+    dot = (discovered / "circuit.dot").read_text()
+    declared = re.findall(r'^\s*"?([\w.<>@]+)"? \[', dot, flags=re.M)
+    declared = [d for d in declared if d not in ("graph", "node", "edge")]
+    assert sorted(declared) == sorted(g.nodes)
+    head_layers = {d["layer"] for _, d in g.nodes(data=True) if d["kind"] == "head"}
+    assert dot.count("rank=same") >= len(head_layers)
+
+
+def test_same_seed_gives_identical_json(gpt2_dir, data, discovered, tmp_path):
+    result = runner.invoke(
+        app, ["discover", "--model", gpt2_dir, "--data", str(data), "--out", str(tmp_path), *SMALL]
+    )
+    assert result.exit_code == 0, _text(result)
+    for name in ("circuit.json", "manifest.json", "nodes.csv", "edges.csv"):
+        assert (tmp_path / name).read_bytes() == (discovered / name).read_bytes(), name
+
+
+def test_discover_json_summary(gpt2_dir, data, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "discover",
+            "--model",
+            gpt2_dir,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path),
+            "--json",
+            *SMALL,
+            "--diagnose-subsets",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, _text(result)
+    summary = json.loads(result.stdout)
+    assert summary["n_edges"] > 0 and summary["diagnostic_bound"] is None
+
+
+@pytest.mark.parametrize("method", ["atp*", "atp", "exact"])
+def test_nodes_command(gpt2_dir, data, tmp_path, method):
+    result = runner.invoke(
+        app,
+        [
+            "nodes",
+            "--model",
+            gpt2_dir,
+            "--data",
+            str(data),
+            "--method",
+            method,
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, _text(result)
+    from circuitgraph.scores import NodeScores
+
+    scores = NodeScores.from_json(json.loads((tmp_path / "nodes.json").read_text()))
+    assert (
+        scores.method == method
+        and len(scores) == len((tmp_path / "nodes.csv").read_text().splitlines()) - 1
+    )
+
+
+def test_edges_command(gpt2_dir, data, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "edges",
+            "--model",
+            gpt2_dir,
+            "--data",
+            str(data),
+            "--keep-nodes",
+            "6",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, _text(result)
+    from circuitgraph.scores import EdgeScores
+
+    scores = EdgeScores.from_json(json.loads((tmp_path / "edges.json").read_text()))
+    assert len(scores) > 0 and scores.method == "eap"
+
+
+def test_verify_command(discovered, tmp_path):
+    result = runner.invoke(
+        app, ["verify", str(discovered / "circuit.json"), "--n-pairs", "10", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, _text(result)
+    got = json.loads((tmp_path / "verify.json").read_text())
+    g = read_json(discovered / "circuit.json")
+    assert got["faithfulness"] == pytest.approx(g.graph["faithfulness"], abs=1e-9)
+    assert len(got["edges"]) == g.graph["n_edges"]
+
+
+def test_diagnose_command(gpt2_dir, data, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--model",
+            gpt2_dir,
+            "--data",
+            str(data),
+            "--subsets",
+            "16",
+            "--verified",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, _text(result)
+    got = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert got["bound"] >= 0 and len(got["verified"]) == 4 and "additive" in got["caveat"]
+
+
+@pytest.mark.parametrize("fmt", ["dot", "json", "node-link", "graphml", "mib"])
+def test_export_formats_read_back(discovered, tmp_path, fmt):
+    from circuitgraph import export
+
+    target = tmp_path / f"c.{fmt}"
+    result = runner.invoke(
+        app, ["export", str(discovered / "circuit.json"), "--format", fmt, "--out", str(target)]
+    )
+    assert result.exit_code == 0, _text(result)
+    g = read_json(discovered / "circuit.json")
+    readers = {
+        "json": export.read_json,
+        "node-link": export.read_node_link,
+        "graphml": export.read_graphml,
+        "mib": export.read_mib,
+    }
+    if fmt in readers:
+        back = readers[fmt](target)
+        assert set(back.edges) == set(g.edges)
+    else:
+        assert target.read_text().startswith("digraph")
+
+
+def test_listing_commands():
+    assert runner.invoke(app, ["models"]).exit_code == 0
+    assert "induction" in runner.invoke(app, ["tasks"]).output
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: one sentence, exit 1 (2 for usage), no traceback, nothing half-written.
+# --------------------------------------------------------------------------------------
+
+
+def _fails(args, match: str, code: int = 1, out: Path | None = None):
+    result = runner.invoke(app, args)
+    text = _text(result)
+    assert result.exit_code == code, text
+    assert "Traceback" not in text
+    assert re.search(match, text), text
+    if out is not None and out.exists():
+        assert not [p for p in out.iterdir() if p.name != ".circuitgraph-write-test"], list(
+            out.iterdir()
+        )
+    return text
+
+
+def test_unknown_model(tmp_path):
+    _fails(
+        ["nodes", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        "does not exist",
+    )
+
+
+def test_unreachable_hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    _fails(
+        ["nodes", "--model", "circuitgraph-test/not-cached", "--out", str(tmp_path)],
+        "hub or the local cache",
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ('{"clean": "w1 w2", "corrupt": "w1 w3", "answer": "w4"}\n', r"line 1.*wrong"),
+        (
+            '{"clean": "w1 w2", "corrupt": "w1 w3", "answer": "w4", "wrong": "w5"}\n{"clean": oops}\n',
+            r"line 2",
+        ),
+        (
+            '{"clean": "w1 w2", "corrupt": "w1", "answer": "w4", "wrong": "w5"}\n',
+            r"line 1.*same token length",
+        ),
+        (
+            '{"clean": "w1 w2", "corrupt": "w1 w3", "answer": "w4 w5", "wrong": "w5"}\n',
+            r"line 1.*single token",
+        ),
+        ("", r"empty|no prompt pairs|none"),
+    ],
+)
+def test_bad_data_files(gpt2_dir, tmp_path, rows, match):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(rows)
+    out = tmp_path / "out"
+    _fails(
+        ["discover", "--model", gpt2_dir, "--data", str(f), "--out", str(out), *SMALL],
+        match,
+        out=out,
+    )
+
+
+def test_prompt_longer_than_context(gpt2_dir, tmp_path):
+    long = " ".join(["w1"] * 40)
+    f = _jsonl(
+        tmp_path / "long.jsonl", [{"clean": long, "corrupt": long, "answer": "w2", "wrong": "w3"}]
+    )
+    _fails(
+        ["nodes", "--model", gpt2_dir, "--data", str(f), "--out", str(tmp_path / "o")], "context"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("--task", "no-such-task", "task"),
+        ("--method", "magic", "method"),
+        ("--metric", "accuracy", "metric"),
+    ],
+)
+def test_unknown_names(gpt2_dir, data, tmp_path, option, value, match):
+    extra = [] if option == "--task" else ["--data", str(data)]
+    _fails(["nodes", "--model", gpt2_dir, *extra, option, value, "--out", str(tmp_path)], match)
+
+
+def test_non_finite_metric(tmp_path, data):
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from ..conftest import _save_gpt2
+
+    _save_gpt2(str(tmp_path / "m"))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "m"))
+    with torch.no_grad():
+        hf.transformer.ln_f.weight[:] = float("nan")  # every logit NaN
+    hf.save_pretrained(str(tmp_path / "m"))
+    _fails(
+        [
+            "nodes",
+            "--model",
+            str(tmp_path / "m"),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "NaN or infinite",
+    )
+
+
+def test_unwritable_output_directory(gpt2_dir, data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _fails(
+        ["nodes", "--model", gpt2_dir, "--data", str(data), "--out", str(blocker / "sub")],
+        "cannot write to the output directory",
+    )
+
+
+def test_usage_errors_exit_2(tmp_path):
+    _fails(["nodes", "--n-pairs", "many"], "n-pairs", code=2)
+    _fails(["export", str(tmp_path / "c.json"), "--format", "bmp"], "format", code=1)
+
+
+def test_task_and_data_together_is_refused(gpt2_dir, data, tmp_path):
+    _fails(
+        [
+            "nodes",
+            "--model",
+            gpt2_dir,
+            "--task",
+            "induction",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path),
+        ],
+        "both",
+    )
