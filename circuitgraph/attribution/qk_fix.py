@@ -121,7 +121,9 @@ def fit_scale(
     work = torch.promote_types(scores.dtype, torch.float32)
     s = scores.to(work)
     allowed = readable(scores)
-    x, y = qk_dot(q.to(work), k.to(work))[allowed], s[allowed]
+    # Softmax ignores a constant added to a row, so fit within rows (centred): the same
+    # scale comes out of raw scores and of log-probabilities (see ``layer_scores``).
+    x, y = _row_centred(qk_dot(q.to(work), k.to(work)), allowed), _row_centred(s, allowed)
     if float((x * x).sum()) == 0.0:
         return None
     scale = float((x * y).sum() / (x * x).sum())
@@ -136,6 +138,26 @@ def fit_scale(
             "use method 'atp' or 'atp+graddrop' for it"
         )
     return scale
+
+
+def _row_centred(x: Tensor, allowed: Tensor) -> Tensor:
+    """The readable entries of x minus their row mean, flattened."""
+    n = allowed.sum(-1, keepdim=True).clamp(min=1)
+    mean = x.masked_fill(~allowed, 0.0).sum(-1, keepdim=True) / n
+    return (x - mean)[allowed]
+
+
+def layer_scores(
+    scores: Float[Tensor, "b h t s"], pattern: Float[Tensor, "b h t s"]
+) -> Float[Tensor, "b h t s"]:
+    """Pre-softmax scores, up to a constant per row (which softmax ignores).
+
+    TL-native bridges report the pattern at ``hook_attn_scores``; log-probabilities then
+    stand in for the scores (masked entries become −inf, as they should).
+    """
+    if scores.shape == pattern.shape and torch.equal(scores, pattern):
+        return pattern.clamp(min=0).log()
+    return scores
 
 
 def _tolerance(dtype: torch.dtype) -> float:
@@ -341,7 +363,7 @@ class QKFix:
         """Measure the scales (first batch) and precompute each layer's pattern changes."""
         for layer, need in self.needs.items():
             qn, kn = self.qk_names(layer)
-            scores = run.clean[hooks.scores(layer)]
+            scores = layer_scores(run.clean[hooks.scores(layer)], run.clean[hooks.pattern(layer)])
             if layer not in self.scales:  # measured once, on a few pairs of a first batch
                 few = {n: run.clean[n][:CHECK_PAIRS] for n in (qn, kn, hooks.pattern(layer))}
                 scale = fit_scale(

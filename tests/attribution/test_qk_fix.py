@@ -151,14 +151,26 @@ def test_attention_scale_is_measured_per_layer(twin_gpt2):
         assert qk.scales[layer] == pytest.approx(info.d_head**-0.5 / (layer + 1), rel=1e-6)
 
 
-def test_attention_whose_scores_are_not_scaled_qk_is_refused():
-    # The TL-native bridge fires hook_attn_scores with the pattern: the check must notice.
+def test_native_bridge_scores_come_from_the_pattern():
+    # The TL-native bridge fires hook_attn_scores with the pattern; log-probabilities stand in
+    # for the scores. Without norms the metric is linear in the head output, so the QK fix
+    # must equal exact patching of each q and k node.
+    from circuitgraph.patching import patch_nodes
+
     model, _info = native(1, 16, 4, 4, 12, attn_only=True)
-    p = mixed_pairs(n=2, t_max=5)
-    p = type(p).from_tokens((p.clean % 12).tolist(), (p.corrupt % 12).tolist(), [1, 2], [3, 4])
-    with pytest.raises(ModelStateError, match="use method 'atp'"):
-        attribute_nodes(model, p, method="atp+qkfix", kinds=["q"])
-    assert attribute_nodes(model, p, method="atp", kinds=["q"]).signed.isfinite().all()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in model.parameters():
+            if w.dim() >= 2:
+                w.copy_(torch.randn(w.shape, generator=g, dtype=w.dtype) * 0.7)
+    p = mixed_pairs(n=3, t_max=6)
+    p = type(p).from_tokens(
+        (p.clean % 12).tolist(), (p.corrupt % 12).tolist(), [1, 2, 5], [3, 4, 6]
+    )
+    fixed = attribute_nodes(model, p, method="atp+qkfix", kinds=["q", "k"])
+    exact = patch_nodes(model, p, fixed.nodes)
+    assert exact.signed.abs().max() > 1e-1
+    assert torch.allclose(fixed.signed, exact.signed, atol=1e-6)
 
 
 def test_fit_scale_rejects_soft_capped_scores():
