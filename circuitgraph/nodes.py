@@ -202,6 +202,14 @@ class hooks:
         return f"blocks.{layer}.attn.hook_rot_k"
 
     @staticmethod
+    def rot_cos(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_cos"
+
+    @staticmethod
+    def rot_sin(layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_sin"
+
+    @staticmethod
     def pattern(layer: int) -> str:
         return f"blocks.{layer}.attn.hook_pattern"
 

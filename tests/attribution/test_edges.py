@@ -247,3 +247,51 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     )
     want = E._contract(delta, grads) / 2 / len(pairs) * cands.valid
     assert torch.allclose(two.signed, want, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Edge AtP*
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("saturated", [False, True])
+def test_edge_atp_star_equals_exact_for_qk_edges_into_a_linear_attention_layer(
+    linear_attn, saturated_attn, saturated
+):
+    # One attention layer, MLP zeroed, final norm's divisor frozen: the metric is linear in
+    # the head output, so pushing Δout through the norm and W_Q/W_K exactly and recomputing
+    # the pattern leaves nothing linearised. Saturated: plain EAP is far off there.
+    model, info = saturated_attn if saturated else linear_attn
+    pairs = mixed_pairs(5)
+    cands = EdgeSet.full(info)
+    qk = [e for e in cands.edges() if e.dst.kind in ("q", "k")]
+    star = attribute_edges(model, pairs, "logit_diff", "atp*", cands)
+    exact = patch_edges(model, pairs, qk, "logit_diff")
+    for e in qk:  # Llama's norm runs in float32 even in a float64 model: float32-level agreement
+        assert star[e][0] == pytest.approx(exact[e][0], abs=1e-6, rel=2e-6), e.id
+    assert max(abs(exact[e][0]) for e in qk) > 1e-2
+    if saturated:
+        eap = attribute_edges(model, pairs, "logit_diff", "eap", cands)
+        worst = max(
+            abs(eap[e][0] - exact[e][0]) / abs(exact[e][0]) for e in qk if abs(exact[e][0]) > 1e-2
+        )
+        assert worst > 0.5
+
+
+def test_edge_atp_star_signed_equals_eap_off_qk_targets_and_graddrop_of_direct_edges(tiny):
+    model, info = tiny
+    pairs = random_pairs(4)
+    cands = EdgeSet.full(info)
+    star = attribute_edges(model, pairs, "logit_diff", "atp*", cands)
+    eap = attribute_edges(model, pairs, "logit_diff", "eap", cands)
+    for e in cands.edges():
+        if e.dst.kind in ("v", "mlp", "logits"):
+            assert star[e][0] == pytest.approx(eap[e][0], abs=1e-5), e.id
+    # last-layer targets have no layer above them to cut: GradDrop leaves E|Î| per pair,
+    # which is |E Î| when there is one pair.
+    one = pairs.select(slice(0, 1))
+    s1 = attribute_edges(model, one, "logit_diff", "atp*", cands)
+    last = info.n_layers - 1
+    for e in cands.edges():
+        if e.dst.kind == "logits" or e.dst.layer == last:
+            assert s1[e][1] == pytest.approx(abs(s1[e][0]), abs=1e-6), e.id
