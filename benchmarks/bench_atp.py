@@ -22,58 +22,14 @@ timings meaningless (and the tiny models run fastest on one thread anyway).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from benchmarks.common import random_gpt2, random_pairs
+from benchmarks.common import bare_passes, interleaved_min, random_gpt2, random_pairs
 from circuitgraph.attribution import attribute_nodes
-from circuitgraph.hooking import attached
-from circuitgraph.nodes import hooks
-from circuitgraph.tasks.metrics import answer_logits, get_metric
-from circuitgraph.tasks.pairs import PromptPairs
 
 KINDS = ("head", "q", "k", "v", "mlp")
-
-
-def bare_passes(model: Any, pairs: PromptPairs, n_backward: int) -> Callable[[], None]:
-    """2 forward passes and ``n_backward`` backward passes of the model, nothing else."""
-    metric = get_metric("logit_diff")
-
-    def run() -> None:
-        leaf: dict[str, torch.Tensor] = {}
-
-        def make_leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            leaf["x"] = act.detach().requires_grad_(True)
-            return leaf["x"]
-
-        with torch.no_grad():
-            model(pairs.corrupt)
-        with torch.enable_grad(), attached(model, fwd=[(hooks.embed, make_leaf)]):
-            loss = metric(answer_logits(model(pairs.clean), pairs), pairs).sum()
-            for i in range(n_backward):
-                torch.autograd.grad(loss, [leaf["x"]], retain_graph=i < n_backward - 1)
-
-    return run
-
-
-def clock() -> float:
-    """CPU time of this process with one thread (waiting for a shared core does not count),
-    wall time otherwise."""
-    return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
-
-
-def interleaved_min(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Minimum time of each function, the functions run in turn ``repeats`` times."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = clock()
-            fn()
-            best[name] = min(best[name], clock() - start)
-    return best
 
 
 def measure(shape: str, n_pairs: int, seq: int, repeats: int) -> dict[str, float]:

@@ -3,9 +3,9 @@
 Prints, for each model shape, in one run on the same batch:
 
 * ``eap`` time over all edges / (2 forward + 1 backward of the bare model)  (target ≤ 1.5);
-  the bare backward is taken twice: with parameter gradients (what ``loss.backward()``
-  does) and with activation gradients only (what EAP needs); the ratio uses the latter,
-  the stricter of the two;
+  the bare backward takes activation gradients only (what EAP needs; cheaper than
+  ``loss.backward()`` with parameter gradients, so the stricter baseline). Timed alternately,
+  minimum over repeats, one thread, process CPU time by default;
 * peak memory of ``eap`` / peak of a plain forward + backward with parameter gradients
   (target ≤ 2): the process's peak resident set size (VmHWM, reset once the model and batch
   are loaded) above its size at that moment, each measured in a fresh process (Linux only).
@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from benchmarks.common import best_time, random_gpt2, random_pairs
+from benchmarks.common import bare_passes, interleaved_min, random_gpt2, random_pairs
 from circuitgraph.attribution.edges import EdgeSet, attribute_edges
 from circuitgraph.tasks.metrics import answer_logits, get_metric
 
@@ -42,23 +42,13 @@ def _reset_peak() -> float:
     return _status_mb("VmRSS")
 
 
-def _bare(model, pairs, param_grads: bool) -> None:
+def _plain_forward_backward(model, pairs) -> None:
+    """What a user's plain forward + backward does: parameter gradients included."""
     metric = get_metric("logit_diff")
     with torch.no_grad():
         model(pairs.corrupt)
-    if param_grads:
-        metric(answer_logits(model(pairs.clean), pairs), pairs).sum().backward()
-        model.zero_grad(set_to_none=True)
-        return
-    leaf: list[torch.Tensor] = []
-
-    def make_leaf(act, hook):
-        leaf.append(act.detach().requires_grad_(True))
-        return leaf[0]
-
-    with model.hooks(fwd_hooks=[("hook_embed", make_leaf)]):
-        values = metric(answer_logits(model(pairs.clean), pairs), pairs)
-        torch.autograd.grad(values.sum(), leaf)
+    metric(answer_logits(model(pairs.clean), pairs), pairs).sum().backward()
+    model.zero_grad(set_to_none=True)
 
 
 def worker(shape: str, what: str, n_pairs: int, seq: int) -> dict[str, float]:
@@ -68,7 +58,7 @@ def worker(shape: str, what: str, n_pairs: int, seq: int) -> dict[str, float]:
     cands = EdgeSet.full(info)
     before = _reset_peak()  # loading the model peaks higher than the work measured here
     if what == "bare":
-        _bare(model, pairs, param_grads=True)
+        _plain_forward_backward(model, pairs)
     else:
         attribute_edges(model, pairs, "logit_diff", "eap", cands, batch_size=n_pairs)
     return {"peak_mb": _status_mb("VmHWM") - before}
@@ -78,20 +68,19 @@ def timings(shape: str, n_pairs: int, seq: int, repeats: int) -> dict[str, float
     model, info = random_gpt2(shape)
     pairs = random_pairs(info.d_vocab, n_pairs, seq)
     cands = EdgeSet.full(info)
-    return {
-        "edges": float(len(cands.edges())),
-        "bare_params_s": best_time(lambda: _bare(model, pairs, True), repeats),
-        "bare_acts_s": best_time(lambda: _bare(model, pairs, False), repeats),
-        "eap_s": best_time(
-            lambda: attribute_edges(model, pairs, "logit_diff", "eap", cands, batch_size=n_pairs),
-            repeats,
+    fns = {
+        "bare": bare_passes(model, pairs, 1),
+        "eap": lambda: attribute_edges(
+            model, pairs, "logit_diff", "eap", cands, batch_size=n_pairs
         ),
     }
+    interleaved_min(fns, 1)  # warm-up
+    return {"edges": float(len(cands.edges())), **interleaved_min(fns, repeats)}
 
 
 def _in_fresh_process(shape: str, what: str, n_pairs: int, seq: int) -> float:
     cmd = [sys.executable, "-m", "benchmarks.bench_edges", "--worker", what, "--shapes", shape]
-    cmd += ["--pairs", str(n_pairs), "--seq", str(seq)]
+    cmd += ["--pairs", str(n_pairs), "--seq", str(seq), "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
@@ -102,26 +91,25 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--seq", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--worker", choices=["bare", "eap"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(args.shapes[0], args.worker, args.pairs, args.seq)))
         return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.pairs} x {args.seq}"
     )
-    head = (
-        f"{'model':<12} {'edges':>7} {'2f+1b':>9} {'(params)':>9} {'eap':>9} {'time':>6} {'mem':>6}"
-    )
+    head = f"{'model':<12} {'edges':>7} {'2f+1b':>9} {'eap':>9} {'time':>6} {'mem':>6}"
     print(head + "   (targets: time <= 1.5, mem <= 2)")
     for shape in args.shapes:
         t = timings(shape, args.pairs, args.seq, args.repeats)
         bare_mem = _in_fresh_process(shape, "bare", args.pairs, args.seq)
         eap_mem = _in_fresh_process(shape, "eap", args.pairs, args.seq)
         print(
-            f"{shape:<12} {int(t['edges']):>7} {t['bare_acts_s'] * 1e3:>7.1f}ms "
-            f"{t['bare_params_s'] * 1e3:>7.1f}ms {t['eap_s'] * 1e3:>7.1f}ms "
-            f"{t['eap_s'] / t['bare_acts_s']:>6.2f} {eap_mem / bare_mem:>6.2f}"
+            f"{shape:<12} {int(t['edges']):>7} {t['bare'] * 1e3:>7.1f}ms "
+            f"{t['eap'] * 1e3:>7.1f}ms {t['eap'] / t['bare']:>6.2f} {eap_mem / bare_mem:>6.2f}"
             f"   (peak MB: bare {bare_mem:.0f}, eap {eap_mem:.0f})"
         )
 

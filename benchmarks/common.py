@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
+from circuitgraph.hooking import attached
 from circuitgraph.model import load_model
+from circuitgraph.nodes import hooks
+from circuitgraph.tasks.metrics import answer_logits, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
 from circuitgraph.zoo.tokenizer import build_word_tokenizer
 
@@ -46,12 +49,39 @@ def random_pairs(d_vocab: int, n: int, t: int, seed: int = 0) -> PromptPairs:
     )
 
 
-def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Minimum wall time over ``repeats`` runs, after one warm-up run."""
-    fn()
-    times = []
+def bare_passes(model: Any, pairs: PromptPairs, n_backward: int) -> Callable[[], None]:
+    """2 forward passes and ``n_backward`` backward passes of the model, nothing else."""
+    metric = get_metric("logit_diff")
+
+    def run() -> None:
+        leaf: dict[str, torch.Tensor] = {}
+
+        def make_leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            leaf["x"] = act.detach().requires_grad_(True)
+            return leaf["x"]
+
+        with torch.no_grad():
+            model(pairs.corrupt)
+        with torch.enable_grad(), attached(model, fwd=[(hooks.embed, make_leaf)]):
+            loss = metric(answer_logits(model(pairs.clean), pairs), pairs).sum()
+            for i in range(n_backward):
+                torch.autograd.grad(loss, [leaf["x"]], retain_graph=i < n_backward - 1)
+
+    return run
+
+
+def clock() -> float:
+    """CPU time of this process with one thread (waiting for a shared core does not count),
+    wall time otherwise."""
+    return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
+def interleaved_min(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Minimum time of each function, the functions run in turn ``repeats`` times."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            best[name] = min(best[name], clock() - start)
+    return best
