@@ -95,6 +95,7 @@ def discover(
 
     show = Output(quiet, json)
     with user_errors():
+        common.check_names(metric, node_method, edge_method)
         if edge_top_n is None and edge_threshold is None and greedy is None:
             edge_top_n = 20
         config = DiscoverConfig(
@@ -186,6 +187,7 @@ def nodes(
 
     show = Output(quiet, json)
     with user_errors():
+        common.check_names(metric, node_method=method)
         folder = out_dir(out)
         mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
         with show.stages() as stages:
@@ -241,6 +243,7 @@ def edges(
 
     show = Output(quiet, json)
     with user_errors():
+        common.check_names(metric, node_method, method)
         folder = out_dir(out)
         mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
         with show.stages() as stages:
@@ -368,6 +371,7 @@ def diagnose(
 
     show = Output(quiet, json)
     with user_errors():
+        common.check_names(metric, node_method=method)
         folder = out_dir(out)
         mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
         with show.stages() as stages:

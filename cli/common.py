@@ -77,6 +77,24 @@ def user_errors() -> Iterator[None]:
         raise fail(Exception("interrupted")) from None
 
 
+def check_names(
+    metric: str | None = None, node_method: str | None = None, edge_method: str | None = None
+) -> None:
+    """Refuse an unknown metric or method before any model is loaded."""
+    from circuitgraph.attribution import get_estimator
+    from circuitgraph.attribution.edges import EDGE_ESTIMATORS
+    from circuitgraph.tasks.metrics import get_metric
+
+    if metric is not None:
+        get_metric(metric)
+    if node_method is not None:
+        get_estimator(node_method)
+    if edge_method is not None and edge_method not in EDGE_ESTIMATORS:
+        raise ConfigError(
+            f"expected an edge method among {sorted(EDGE_ESTIMATORS)} but got {edge_method!r}"
+        )
+
+
 def load(model_spec: str, device: str | None, dtype: str | None) -> tuple[Any, Any]:
     from circuitgraph.model import load_model
 
