@@ -22,6 +22,7 @@ __all__ = [
     "HookSite",
     "Node",
     "NodeKind",
+    "TargetSite",
     "can_feed",
     "edge_sources",
     "edge_targets",
@@ -239,16 +240,6 @@ class hooks:
 
     ln_final_scale = "ln_final.hook_scale"
 
-    # Per-target residual inputs (need the bridge flags use_split_qkv_input / use_hook_mlp_in).
-    @staticmethod
-    def qkv_input(kind: str, layer: int) -> str:
-        """``blocks.L.hook_{q,k,v}_input``: [batch, pos, heads (KV heads for k/v), d_model]."""
-        return f"blocks.{layer}.hook_{kind}_input"
-
-    @staticmethod
-    def mlp_in(layer: int) -> str:
-        return f"blocks.{layer}.hook_mlp_in"
-
     @staticmethod
     def ln2_out(layer: int) -> str:
         return f"blocks.{layer}.ln2.hook_out"
@@ -290,22 +281,35 @@ def hook_site(node: Node) -> HookSite:
     raise ConfigError(f"the {k!r} node has no activation to patch; patch its sources instead")
 
 
-def target_site(node: Node) -> HookSite:
-    """Where an edge target reads the residual stream (before its norm).
+@dataclass(frozen=True)
+class TargetSite:
+    """Where an edge target's input change lands.
 
-    q/k/v inputs are per head (KV head for grouped k/v) and need the bridge flag
-    ``use_split_qkv_input``; MLP inputs need ``use_hook_mlp_in``.
+    A shift of the residual stream in front of the target's norm (read at ``residual``) is
+    applied at ``name``: a head's q/k/v after its projection (``index``: the head or KV
+    head), an MLP's norm output, or the final residual for the logits (``residual`` None:
+    no norm in between, the shift is added as it is). Going through the target's own norm
+    and projection needs no per-head copy of the residual stream, so every bridge supports it.
+    """
+
+    name: str
+    index: int | None
+    residual: str | None
+
+
+def target_site(node: Node) -> TargetSite:
+    """Where an edge target's input is read and where a change to it is applied.
 
     Example:
         >>> target_site(Node("k", 2, 1))
-        HookSite(name='blocks.2.hook_k_input', index=1)
+        TargetSite(name='blocks.2.attn.hook_k', index=1, residual='blocks.2.hook_resid_pre')
     """
     if node.kind in ("q", "k", "v"):
-        return HookSite(hooks.qkv_input(node.kind, node.layer), node.index)
+        return TargetSite(hook_site(node).name, node.index, hooks.resid_pre(node.layer))
     if node.kind == "mlp":
-        return HookSite(hooks.mlp_in(node.layer), None)
+        return TargetSite(hooks.ln2_out(node.layer), None, hooks.resid_mid(node.layer))
     if node.kind == "logits":
-        return HookSite(hooks.final_in, None)
+        return TargetSite(hooks.final_in, None, None)
     raise ConfigError(
         f"expected an edge target (a head's q/k/v input, an MLP or logits) but got {node.id}"
     )

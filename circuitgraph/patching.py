@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitgraph.errors import ConfigError
-from circuitgraph.hooking import attached, model_flags
+from circuitgraph.hooking import attached
 from circuitgraph.model import model_info, require_eval
 from circuitgraph.nodes import (
     Edge,
@@ -37,7 +37,7 @@ from circuitgraph.nodes import (
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric, widen
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights
+from circuitgraph.weights import AttnWeights, attn_weights, norm_module
 
 __all__ = [
     "ABLATIONS",
@@ -50,6 +50,7 @@ __all__ = [
     "patch_nodes",
     "patch_sets",
     "run_metric",
+    "shift_target",
     "source_outputs",
 ]
 
@@ -341,14 +342,29 @@ def source_outputs(
     return torch.stack(cols, dim=2)
 
 
-def _target_flags(targets: Iterable[Node]) -> dict[str, bool]:
-    kinds = {t.kind for t in targets}
-    flags = {}
-    if kinds & {"q", "k", "v"}:
-        flags["use_split_qkv_input"] = True
-    if "mlp" in kinds:
-        flags["use_hook_mlp_in"] = True
-    return flags
+def shift_target(
+    model: Any,
+    weights: AttnWeights,
+    target: Node,
+    x: Float[Tensor, "n b t d"] | None,
+    shift: Float[Tensor, "n b t d"],
+) -> Tensor:
+    """The change at ``target_site(target)`` when the target's residual input x moves by shift.
+
+    q/k/v: (N(x + shift) − N(x)) W[head] with N the head's norm; MLP: N(x + shift) − N(x);
+    logits: the shift itself (the final norm comes after the site).
+    """
+    if target.kind == "logits":
+        return shift
+    assert x is not None
+    norm = norm_module(model, target.kind, target.layer)
+    n, b, t, d = shift.shape
+    moved = norm((x + shift).reshape(n * b, t, d)) - norm(x.reshape(n * b, t, d))
+    moved = moved.view(n, b, t, d)
+    if target.kind == "mlp":
+        return moved
+    w = weights.w_in(target.kind, target.layer)[target.index]  # [d_model, d_head]
+    return moved @ w.to(moved.dtype)
 
 
 def _edge_deltas(
@@ -362,18 +378,36 @@ def _edge_deltas(
     return out_src - out_base
 
 
-def _add_to_target_hook(
-    members: list[tuple[int, int | None, Tensor]], k: int
+def _record(live: dict[str, Tensor], name: str) -> Callable[[Tensor, Any], None]:
+    def hook(act: Tensor, hook: Any) -> None:
+        live[name] = act
+
+    return hook
+
+
+def _edge_patch_hook(
+    model: Any,
+    weights: AttnWeights,
+    members: list[tuple[int, Node, Tensor]],
+    live: dict[str, Tensor],
+    k: int,
 ) -> Callable[[Tensor, Any], Tensor]:
-    """Forward hook: copy j's input at slot ``index`` gets ``delta`` added ([b, t, d])."""
+    """Forward hook at one target site: copy j's target input moves by its edge's Δout."""
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         out = act.clone().view(k, act.shape[0] // k, *act.shape[1:])
-        for j, index, delta in members:
-            if index is None:
-                out[j] += delta.to(act.dtype)
+        for j, target, delta in members:
+            site = target_site(target)
+            x = (
+                None
+                if site.residual is None
+                else live[site.residual].view(k, -1, *live[site.residual].shape[1:])[j : j + 1]
+            )
+            change = shift_target(model, weights, target, x, delta.unsqueeze(0))[0].to(act.dtype)
+            if site.index is None:
+                out[j] += change
             else:
-                out[j, :, :, index] += delta.to(act.dtype)
+                out[j, :, :, site.index] += change
         return out.view_as(act)
 
     return hook
@@ -411,17 +445,16 @@ def patch_edges(
     weights = attn_weights(model)
     pairs = pairs.to(_model_device(model))
     total = torch.zeros(len(edges), dtype=torch.float64)
-    with model_flags(model, **_target_flags(targets)):
-        for batch in pairs.batches(batch_size):
-            ctx = base_run(model, batch, metric, mode)
-            deltas = _edge_deltas(model, batch, sources, mode, weights)
-            k = max(1, _rows_per_pass(model, batch, max_rows) // len(batch))
-            for start in range(0, len(edges), k):
-                chunk = edges[start : start + k]
-                fx = _edge_effects(model, ctx, chunk, deltas, s_idx)
-                total[start : start + len(chunk)] += fx.sum(1).cpu()
-                if progress is not None:
-                    progress(len(chunk) * len(batch))
+    for batch in pairs.batches(batch_size):
+        ctx = base_run(model, batch, metric, mode)
+        deltas = _edge_deltas(model, batch, sources, mode, weights)
+        k = max(1, _rows_per_pass(model, batch, max_rows) // len(batch))
+        for start in range(0, len(edges), k):
+            chunk = edges[start : start + k]
+            fx = _edge_effects(model, ctx, chunk, deltas, s_idx, weights)
+            total[start : start + len(chunk)] += fx.sum(1).cpu()
+            if progress is not None:
+                progress(len(chunk) * len(batch))
     return _edge_scores(sources, targets, edges, total / len(pairs), metric.name, len(pairs))
 
 
@@ -431,13 +464,16 @@ def _edge_effects(
     chunk: Sequence[Edge],
     deltas: Tensor,
     s_idx: dict[Node, int],
+    weights: AttnWeights,
 ) -> Float[Tensor, "k b"]:
     k, b = len(chunk), len(ctx.batch)
-    groups: dict[str, list[tuple[int, int | None, Tensor]]] = defaultdict(list)
+    groups: dict[str, list[tuple[int, Node, Tensor]]] = defaultdict(list)
     for j, e in enumerate(chunk):
-        site = target_site(e.dst)
-        groups[site.name].append((j, site.index, deltas[:, :, s_idx[e.src]]))
-    fwd = [(name, _add_to_target_hook(members, k)) for name, members in groups.items()]
+        groups[target_site(e.dst).name].append((j, e.dst, deltas[:, :, s_idx[e.src]]))
+    live: dict[str, Tensor] = {}
+    residuals = {r for e in chunk if (r := target_site(e.dst).residual)}
+    fwd: list[tuple[str, Callable[..., Any]]] = [(r, _record(live, r)) for r in sorted(residuals)]
+    fwd += [(n, _edge_patch_hook(model, weights, m, live, k)) for n, m in groups.items()]
     with torch.no_grad():
         values, _ = run_metric(
             model, ctx.base_tokens.repeat(k, 1), ctx.batch, ctx.metric, ctx.reference, fwd
@@ -520,13 +556,12 @@ def evaluate_circuit(
     weights = attn_weights(model)
     pairs = pairs.to(_model_device(model))
     sums = torch.zeros(3, dtype=torch.float64)
-    with model_flags(model, **_target_flags(targets)):
-        for batch in pairs.batches(batch_size):
-            ctx = base_run(model, batch, metric, "noising")
-            corrupt_vals, _ = _no_grad_metric(model, batch.corrupt, ctx)
-            circuit_vals = _circuit_run(model, ctx, sources, targets, keep, weights)
-            for i, v in enumerate((circuit_vals, ctx.base_metric, corrupt_vals)):
-                sums[i] += v.double().sum().cpu()
+    for batch in pairs.batches(batch_size):
+        ctx = base_run(model, batch, metric, "noising")
+        corrupt_vals, _ = _no_grad_metric(model, batch.corrupt, ctx)
+        circuit_vals = _circuit_run(model, ctx, sources, targets, keep, weights)
+        for i, v in enumerate((circuit_vals, ctx.base_metric, corrupt_vals)):
+            sums[i] += v.double().sum().cpu()
     means = (sums / len(pairs)).tolist()
     return CircuitEval(int(keep.sum()), means[0], means[1], means[2])
 
@@ -598,15 +633,25 @@ def _circuit_run(
 
     def adjust(name: str) -> Callable[[Tensor, Any], Tensor]:
         cols = [j for j, t in enumerate(targets) if target_site(t).name == name]
-        heads = target_site(targets[cols[0]]).index is not None
 
         def hook(act: Tensor, hook: Any) -> Tensor:
-            shift = torch.einsum("btsd,sv->btvd", gap, patched[:, cols])
-            return act + (shift if heads else shift[:, :, 0]).to(act.dtype)
+            shifts = torch.einsum("btsd,sv->vbtd", gap, patched[:, cols])
+            out = act.clone()
+            for shift, j in zip(shifts, cols, strict=True):
+                site = target_site(targets[j])
+                x = None if site.residual is None else live[site.residual].unsqueeze(0)
+                change = shift_target(model, weights, targets[j], x, shift.unsqueeze(0))[0]
+                if site.index is None:
+                    out += change.to(act.dtype)
+                else:
+                    out[:, :, site.index] += change.to(act.dtype)
+            return out
 
         return hook
 
+    residuals = sorted({r for t in targets if (r := target_site(t).residual)})
     fwd: list[tuple[str, Callable[..., Any]]] = [(n, record(n)) for n in names]
+    fwd += [(r, _record(live, r)) for r in residuals]
     fwd += [(n, adjust(n)) for n in dict.fromkeys(target_site(t).name for t in targets)]
     with torch.no_grad():
         values, _ = run_metric(model, ctx.base_tokens, ctx.batch, ctx.metric, ctx.reference, fwd)

@@ -45,7 +45,13 @@ def attn_weights(model: Any) -> AttnWeights:
 
 
 def norm_module(model: Any, kind: str, layer: int) -> Any:
-    """The norm in front of a target: ``ln1`` for q/k/v, ``ln2`` for an MLP, final for logits."""
+    """The norm in front of a target: ``ln1`` for q/k/v, ``ln2`` for an MLP, final for logits.
+
+    The wrapped module itself, not the bridge component: calling it fires no hook points, so
+    it is safe to call from inside a hook (where the bridge's own norm would re-enter it).
+    """
     if kind == "logits":
-        return model.ln_final
-    return model.blocks[layer].ln1 if kind in ("q", "k", "v") else model.blocks[layer].ln2
+        bridge = model.ln_final
+    else:
+        bridge = model.blocks[layer].ln1 if kind in ("q", "k", "v") else model.blocks[layer].ln2
+    return getattr(bridge, "original_component", None) or bridge
