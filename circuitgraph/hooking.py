@@ -12,6 +12,7 @@ __all__ = ["HookFn", "attached"]
 
 HookFn = Callable[..., Any]
 
+
 @contextmanager
 def attached(
     model: Any,
