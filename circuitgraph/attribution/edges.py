@@ -305,26 +305,33 @@ def _integrated_batch(
     if reference is None and metric.needs_reference:
         # noising: the base run is the clean run, the reference for every later point
         run = replace(run, reference=widen(logits).log_softmax(-1))
-    delta = source_outputs(acts_src, cands.sources, weights) - source_outputs(
-        acts_base, cands.sources, weights
-    )
-    total = _contract(delta, grads)
+    # Every source output is linear in its hook's activation: difference the activations first.
+    delta = source_outputs({n: acts_src[n] - acts_base[n] for n in names}, cands.sources, weights)
+    total = _contract(delta, grads, cands.valid)
     e_base, e_src = acts_base[hooks.embed], acts_src[hooks.embed]
     for k in range(1, steps):
-        total += _contract(delta, run(e_src + (k / steps) * (e_base - e_src), ())[0])
+        point = run(e_src + (k / steps) * (e_base - e_src), ())[0]
+        total += _contract(delta, point, cands.valid)
     return total / steps
 
 
 def _contract(
-    delta: Float[Tensor, "b t s d"], grads: list[tuple[list[int], Tensor]]
+    delta: Float[Tensor, "b t s d"], grads: list[tuple[list[int], Tensor]], valid: Tensor
 ) -> Float[Tensor, "s v"]:
-    """Σ_{b,t} Δout_u · g_v for all (u, v): one matrix product per target group."""
-    n_targets = max(c for cols, _ in grads for c in cols) + 1
+    """Σ_{b,t} Δout_u · g_v for all (u, v): one matrix product per target group.
+
+    Sources come in layer order, so those that can feed a group are a prefix of the rows:
+    later ones are never multiplied.
+    """
     flat = delta.permute(2, 0, 1, 3).reshape(delta.shape[2], -1)  # [s, (b t d)], laid out once
-    total = torch.zeros(delta.shape[2], n_targets, dtype=torch.float64, device=delta.device)
+    total = torch.zeros(valid.shape, dtype=torch.float64, device=delta.device)
     for cols, g_in in grads:
+        feeding = valid[:, cols].any(1).nonzero()
+        if len(feeding) == 0:
+            continue
+        rows = int(feeding.max()) + 1
         g = g_in.to(delta.dtype).permute(0, 1, 3, 2).reshape(-1, len(cols))  # [(b t d), v]
-        total[:, cols] += (flat @ g).double()
+        total[:rows, cols] += (flat[:rows] @ g).double()
     return total
 
 

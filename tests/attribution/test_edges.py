@@ -245,7 +245,7 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     delta = E.source_outputs(acts_src, cands.sources, w) - E.source_outputs(
         acts_base, cands.sources, w
     )
-    want = E._contract(delta, grads) / 2 / len(pairs) * cands.valid
+    want = E._contract(delta, grads, cands.valid) / 2 / len(pairs) * cands.valid
     assert torch.allclose(two.signed, want, atol=1e-6)
 
 
