@@ -9,9 +9,8 @@ where a bare backward is the gradient of the summed metric with respect to the e
 output (activation gradients, no parameter gradients: what attribution needs). The bare
 passes and the estimators are timed alternately and the minimum over repeats is kept, so
 load from other processes affects both sides alike; with one thread the clock is the
-process's CPU time, which waiting for a busy core does not inflate. AtP* runs only the
-backwards that can change a score (L, not L+1: cutting layer 0 changes no node's
-gradient); the last ratio column sets it against 2 forward + L backward.
+process's CPU time, which waiting for a busy core does not inflate. A thin wrapper around
+:func:`circuitgraph.bench.speed.atp_timings` (``circuitgraph bench`` runs it too).
 
     python -m benchmarks.bench_atp [--runs tiny-gpt2:2x12 gpt2-small:2x12] [--threads 1]
 
@@ -22,33 +21,17 @@ timings meaningless (and the tiny models run fastest on one thread anyway).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import bare_passes, interleaved_min, random_gpt2, random_pairs
-from circuitgraph.attribution import attribute_nodes
-
-KINDS = ("head", "q", "k", "v", "mlp")
+from circuitgraph.bench.common import random_model, random_pairs
+from circuitgraph.bench.speed import KINDS, atp_timings
 
 
 def measure(shape: str, n_pairs: int, seq: int, repeats: int) -> dict[str, float]:
-    model, info = random_gpt2(shape)
-    pairs = random_pairs(info.d_vocab, n_pairs, seq)
-    n_layers = info.n_layers
-
-    def estimator(method: str) -> Callable[[], object]:
-        return lambda: attribute_nodes(model, pairs, method=method, kinds=KINDS, batch_size=n_pairs)
-
-    fns = {
-        "bare_1": bare_passes(model, pairs, 1),
-        "atp": estimator("atp"),
-        "bare_L1": bare_passes(model, pairs, n_layers + 1),
-        "bare_L": bare_passes(model, pairs, n_layers),
-        "atp*": estimator("atp*"),
-    }
-    interleaved_min(fns, 1)  # warm-up
-    return {"layers": n_layers, **interleaved_min(fns, repeats)}
+    model, info = random_model(shape)
+    t = atp_timings(model, info, random_pairs(info.d_vocab, n_pairs, seq), repeats)
+    return {"layers": info.n_layers, **t}
 
 
 def main() -> None:
@@ -67,8 +50,8 @@ def main() -> None:
         f"{'process CPU time' if args.threads == 1 else 'wall clock'}"
     )
     print(
-        f"{'model':<12}{'batch':>7}{'AtP':>9}{'2f+1b':>9}{'ratio':>7}{'AtP*':>9}"
-        f"{'2f+(L+1)b':>11}{'ratio':>7}{'2f+Lb':>9}{'ratio':>7}   (targets <= 1.3)"
+        f"{'model':<16}{'batch':>7}{'AtP':>9}{'2f+1b':>9}{'ratio':>7}{'AtP*':>9}"
+        f"{'2f+(L+1)b':>11}{'ratio':>7}   (targets <= 1.3)"
     )
     for run in args.runs:
         shape, batch = run.split(":")
@@ -76,9 +59,8 @@ def main() -> None:
         repeats = args.repeats * (10 if shape.startswith("tiny") else 1)
         r = measure(shape, n_pairs, seq, repeats)
         print(
-            f"{shape:<12}{batch:>7}{_ms(r['atp'])}{_ms(r['bare_1'])}{r['atp'] / r['bare_1']:>7.3f}"
+            f"{shape:<16}{batch:>7}{_ms(r['atp'])}{_ms(r['bare_1'])}{r['atp'] / r['bare_1']:>7.3f}"
             f"{_ms(r['atp*'])}{_ms(r['bare_L1'], 11)}{r['atp*'] / r['bare_L1']:>7.3f}"
-            f"{_ms(r['bare_L'])}{r['atp*'] / r['bare_L']:>7.3f}"
         )
 
 

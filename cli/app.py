@@ -455,6 +455,51 @@ def tasks() -> None:
         typer.echo(f"{t.name:<14} {t.description}  [fits: {fits}]")
 
 
+@app.command()
+def bench(
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Tiny models, one setting: checks the machinery (<1 min)."),
+    ] = False,
+    out: Out = Path("bench-out"),
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated zoo:NAME / random:SHAPE (default: every zoo model, "
+            "random:gpt2-small, random:llama-gqa-small)."
+        ),
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Torch threads (1: CPU-time clock).")] = 1,
+) -> None:
+    """Benchmark recall cost, speed, memory, scaling and TransformerLens; write bench.json + plots."""
+    from dataclasses import replace
+
+    from circuitgraph.bench import BenchConfig, run_bench
+    from circuitgraph.bench.report import plots, table
+
+    with user_errors():
+        if threads < 1:
+            raise ConfigError(f"expected --threads of at least 1 but got {threads}")
+        config = BenchConfig.quick() if quick else BenchConfig()
+        config = replace(config, threads=threads)
+        if models:
+            config = replace(
+                config, models=tuple(m.strip() for m in models.split(",") if m.strip())
+            )
+        folder = out_dir(out)
+        results = run_bench(config, say=lambda line: typer.echo(line, err=True))
+        write(folder / "bench.json", dumps(results))
+        typer.echo(table(results))
+        try:
+            pictures = plots(results)
+        except ImportError:
+            typer.echo("matplotlib is not installed: no plots (pip install circuitgraph[bench])")
+            pictures = {}
+        for name, data in pictures.items():
+            write(folder / name, data)
+        typer.echo(f"-> {folder}/ (bench.json{''.join(', ' + n for n in pictures)})")
+
+
 def main() -> None:
     """Console-script entry point.
 

@@ -1,0 +1,180 @@
+"""The benchmark's table (plain text) and plots (PNG bytes, matplotlib imported lazily)."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+from circuitgraph.bench.recall import METHODS
+from circuitgraph.bench.speed import TARGETS
+
+__all__ = ["plot_name", "plots", "table"]
+
+_SHORT = {"atp+qkfix": "+qkfix", "atp+graddrop": "+gdrop", "subsampling": "subsamp"}
+
+
+def _mark(ratio: float, target: float) -> str:
+    return f"{ratio:.2f}{'' if ratio <= target else '!'}"
+
+
+def recall_table(recall: list[dict[str, Any]]) -> list[str]:
+    """Speed-up over the exhaustive sweep of each method's cost of verified recall."""
+    head = f"{'model':<18}{'task':<13}{'kinds':<8}{'nodes':>6}{'k':>7}{'exh':>6}"
+    head += "".join(f"{_SHORT.get(m, m):>8}" for m in METHODS)
+    lines = ["Cost of verified recall: speed-up over the exhaustive sweep (exh = its cost, in "
+             "forward passes; a backward = 2)", head]  # fmt: skip
+    for r in recall:
+        for label, k in r["k"].items():
+            cells = "".join(f"{r['methods'][m]['speedup'][label]:>8.2f}" for m in METHODS)
+            lines.append(
+                f"{r['model']:<18}{r['task']:<13}{r['kinds']:<8}{r['nodes']:>6}"
+                f"{label + ('' if label.isdigit() else f'={k}'):>7}{r['exhaustive_cost']:>6.0f}{cells}"
+            )
+    return lines
+
+
+def speed_table(speed: dict[str, Any], memory: dict[str, Any]) -> list[str]:
+    """Speed and memory ratios per model ('!' marks a missed target)."""
+    t = TARGETS
+    lines = [
+        "Speed and memory ratios (same run, same batch; '!' = target missed)",
+        f"{'model':<26}{'batch':>7}{'AtP':>7}{'AtP*':>7}{'EAP':>7}{'sweep':>7}{'memory':>8}",
+        f"{'  target':<26}{'':>7}{'<=1.3':>7}{'<=1.3':>7}{'<=1.5':>7}{'<=1.2':>7}{'<=2':>8}",
+    ]
+    for spec, s in speed.items():
+        r = s["ratios"]
+        mem = _mark(memory[spec]["ratio"], t["memory"]) if spec in memory else "-"
+        lines.append(
+            f"{spec:<26}{'x'.join(map(str, s['batch'])):>7}{_mark(r['atp'], t['atp']):>7}"
+            f"{_mark(r['atp*'], t['atp*']):>7}{_mark(r['eap'], t['eap']):>7}"
+            f"{_mark(r['sweep'], t['sweep']):>7}{mem:>8}"
+        )
+    return lines
+
+
+def scaling_table(s: dict[str, Any]) -> list[str]:
+    """AtP* seconds against pairs, length and size, with the linear fit in pairs."""
+    fit = s["pairs"]["fit"]
+    pairs = ", ".join(
+        f"{x}:{y * 1e3:.1f}" for x, y in zip(s["pairs"]["x"], s["pairs"]["seconds"], strict=True)
+    )
+    seq = ", ".join(
+        f"{x}:{y * 1e3:.1f}" for x, y in zip(s["seq"]["x"], s["seq"]["seconds"], strict=True)
+    )
+    size = ", ".join(
+        f"{k} ({v['params'] / 1e6:.1f}M):{v['seconds'] * 1e3:.1f}" for k, v in s["size"].items()
+    )
+    base = s["base"]
+    return [
+        f"Scaling of AtP* (ms; {s['model']}, base batch {base['pairs']}x{base['seq']})",
+        f"  pairs   {pairs}   linear fit R^2 = {fit['r2']:.3f}, {fit['slope'] * 1e3:.2f} ms/pair",
+        f"  length  {seq}",
+        f"  size    {size}",
+    ]
+
+
+def peer_table(peer: dict[str, Any]) -> list[str]:
+    """Our EAP against TransformerLens's edge attribution patching."""
+    lines = [
+        "Peer: circuitgraph eap vs TransformerLens attribution_patch(granularity='edge')",
+        f"{'model':<26}{'batch':>7}{'edges':>7}{'max rel diff':>14}{'TL ms':>9}{'ours ms':>9}{'speed-up':>10}",
+    ]
+    for spec, p in peer.items():
+        if "unsupported" in p:
+            lines.append(f"{spec:<26}  not supported by TransformerLens: {p['unsupported'][:90]}")
+            continue
+        lines.append(
+            f"{spec:<26}{str(p['n_pairs']) + 'x' + str(p['seq']):>7}{p['edges']:>7}"
+            f"{p['max_rel_diff']:>14.1e}{p['theirs_s'] * 1e3:>9.1f}{p['ours_s'] * 1e3:>9.1f}"
+            f"{p['speedup']:>9.1f}x"
+        )
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    """The whole printed table.
+
+    Example:
+        >>> print(table(run_bench(BenchConfig.quick())))  # doctest: +SKIP
+    """
+    m = results["machine"]
+    blocks = [
+        [f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch thread(s), "
+         f"torch {m['torch']}, python {m['python']}"],
+        recall_table(results["recall"]),
+        speed_table(results["speed"], results["memory"]),
+        scaling_table(results["scaling"]),
+        peer_table(results["peer"]),
+        [f"total {results['seconds']['total']:.0f} s"],
+    ]  # fmt: skip
+    return "\n\n".join("\n".join(b) for b in blocks) + "\n"
+
+
+def plot_name(setting: dict[str, Any]) -> str:
+    """File name of one setting's recall plot.
+
+    Example:
+        >>> plot_name({"model": "zoo:gpt2-4l", "task": "ioi", "kinds": "heads"})
+        'recall-gpt2-4l-ioi-heads.png'
+    """
+    model = re.sub(r"[^A-Za-z0-9.-]+", "-", setting["model"].split(":", 1)[-1])
+    return f"recall-{model}-{setting['task']}-{setting['kinds']}.png"
+
+
+def plots(results: dict[str, Any]) -> dict[str, bytes]:
+    """PNG bytes by file name: one recall-vs-cost plot per setting and one scaling plot.
+
+    Raises ImportError when matplotlib is missing (the caller skips the plots).
+
+    Example:
+        >>> sorted(plots(results))  # doctest: +SKIP
+        ['recall-attn-only-2l-induction-heads.png', 'scaling.png']
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = {plot_name(r): _recall_plot(r) for r in results["recall"]}
+    out["scaling.png"] = _scaling_plot(results["scaling"])
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _recall_plot(r: dict[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in METHODS:
+        c = r["methods"][m]["curve"]
+        ax.step(c["cost"], c["recall"], where="post", label=m)
+    ax.axvline(r["exhaustive_cost"], color="grey", ls=":", label="exhaustive")
+    ax.set_xlabel("cost (forward passes per pair; backward = 2)")
+    ax.set_ylabel(f"recall of the true top-{r['curve_k']}")
+    ax.set_title(f"{r['model']} · {r['task']} · {r['kinds']} ({r['nodes']} nodes)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _scaling_plot(s: dict[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    axes[0].plot(s["pairs"]["x"], s["pairs"]["seconds"], "o-")
+    axes[0].set_xlabel("prompt pairs")
+    axes[1].plot(s["seq"]["x"], s["seq"]["seconds"], "o-")
+    axes[1].set_xlabel("sequence length")
+    sizes = list(s["size"].values())
+    axes[2].loglog([v["params"] for v in sizes], [v["seconds"] for v in sizes], "o-")
+    axes[2].set_xlabel("parameters")
+    for ax in axes:
+        ax.set_ylabel("AtP* seconds")
+    fig.suptitle(f"AtP* time ({s['model']}; base batch {s['base']['pairs']}x{s['base']['seq']})")
+    return _png(fig)

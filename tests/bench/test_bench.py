@@ -1,0 +1,75 @@
+"""The benchmark suite: the recall-cost arithmetic by hand, and ``bench --quick`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from circuitgraph.bench.recall import (
+    RecallSetting,
+    k_values,
+    method_cost,
+    recall_curve,
+    recall_setting,
+    verified_recall_cost,
+)
+from circuitgraph.bench.speed import fit_linear
+from circuitgraph.cli.app import app
+from circuitgraph.errors import ConfigError
+from circuitgraph.nodes import Node
+from circuitgraph.scores import NodeScores
+
+
+def test_verified_recall_cost_on_a_hand_made_ranking():
+    truth = ["a", "b", "c", "d", "e", "f"]  # exact order
+    ranking = ["c", "x", "a", "y", "b", "d", "e", "f"]
+    assert verified_recall_cost(ranking, truth, 1) == 3  # a is third
+    assert verified_recall_cost(ranking, truth, 2) == 5  # then b, fifth
+    assert verified_recall_cost(ranking, truth, 3) == 5  # c came first
+    assert verified_recall_cost(ranking, truth, 6) == 8
+    assert verified_recall_cost(truth, truth, 4) == 4  # a perfect ranking verifies exactly k
+    with pytest.raises(ConfigError):
+        verified_recall_cost(["a"], ["z"], 1)
+
+
+def test_cost_adds_backwards_at_two_forwards_and_the_curve_counts_recall():
+    s = NodeScores((Node("mlp", 0),), torch.zeros(1), torch.zeros(1), "atp*", "logit_diff", 1,
+                   forward_passes=2.0, backward_passes=3.0)  # fmt: skip
+    assert method_cost(s) == 8.0
+    assert recall_curve(["c", "a", "b"], ["a", "b", "c"], 2) == [0.0, 0.0, 0.5, 1.0]
+    assert k_values(50) == {"1": 1, "5": 5, "10": 10, "1%": 1}
+    assert k_values(3) == {"1": 1, "5": 3, "10": 3, "1%": 1}
+    assert fit_linear([1, 2, 4], [3, 5, 9])["slope"] == pytest.approx(2.0)
+
+
+def test_recall_setting_on_a_tiny_model(tiny_gpt2, pairs):
+    model, info = tiny_gpt2
+    r = recall_setting(model, info, pairs, RecallSetting("tiny", "random", "heads", random_seeds=2))
+    n = r["nodes"]
+    assert r["exhaustive_cost"] == n + 2
+    for m, got in r["methods"].items():
+        for label, k in r["k"].items():
+            # never fewer than k verifications, never more than every node
+            assert got["own_cost"] + k <= got["cost"][label] <= got["own_cost"] + n, m
+    assert r["methods"]["atp"]["own_cost"] == 4.0  # 2 forward + 1 backward
+    assert r["methods"]["random"]["own_cost"] == 0.0
+
+
+def test_bench_quick_writes_json_with_finite_ratios(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert {"config", "machine", "recall", "speed", "memory", "scaling", "peer", "seconds"} <= set(
+        data
+    )
+    assert data["recall"] and set(data["recall"][0]["methods"]) >= {"atp", "atp*", "random"}
+    ratios = [v for s in data["speed"].values() for v in s["ratios"].values()]
+    ratios += [m["ratio"] for m in data["memory"].values()]
+    ratios += [p["speedup"] for p in data["peer"].values()]
+    assert ratios and all(math.isfinite(x) and x > 0 for x in ratios)
+    assert all(p["max_rel_diff"] < 1e-3 for p in data["peer"].values())
+    assert "Cost of verified recall" in result.output
