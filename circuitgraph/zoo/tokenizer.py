@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,4 +40,16 @@ def build_word_tokenizer(words: Sequence[str], path: str | Path | None = None) -
     )
     if path is not None:
         tok.save_pretrained(str(path))
+        _portable_class(Path(path) / "tokenizer_config.json")
     return tok
+
+
+def _portable_class(config_path: Path) -> None:
+    """Name the tokenizer class both transformers 4 and 5 know.
+
+    transformers 5 writes ``TokenizersBackend``, which transformers 4 cannot load; both
+    load ``PreTrainedTokenizerFast`` from ``tokenizer.json``.
+    """
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")

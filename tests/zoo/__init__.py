@@ -1,0 +1,1 @@
+"""Tests of the bundled zoo models and their training script."""
