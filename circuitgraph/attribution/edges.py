@@ -37,7 +37,7 @@ from circuitgraph.patching import MODES, _capture, patch_edges, source_outputs
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric, widen
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights, norm_module
+from circuitgraph.weights import AttnWeights, attn_weights, norm_module, norm_vjp
 
 __all__ = [
     "EDGE_ESTIMATORS",
@@ -307,32 +307,24 @@ def _integrated_batch(
         run = replace(run, reference=widen(logits).log_softmax(-1))
     # Every source output is linear in its hook's activation: difference the activations first.
     delta = source_outputs({n: acts_src[n] - acts_base[n] for n in names}, cands.sources, weights)
-    total = _contract(delta, grads, cands.valid)
+    total = _contract(delta, grads)
     e_base, e_src = acts_base[hooks.embed], acts_src[hooks.embed]
     for k in range(1, steps):
         point = run(e_src + (k / steps) * (e_base - e_src), ())[0]
-        total += _contract(delta, point, cands.valid)
+        total += _contract(delta, point)
     return total / steps
 
 
 def _contract(
-    delta: Float[Tensor, "b t s d"], grads: list[tuple[list[int], Tensor]], valid: Tensor
+    delta: Float[Tensor, "b t s d"], grads: Float[Tensor, "v b t d"]
 ) -> Float[Tensor, "s v"]:
-    """Σ_{b,t} Δout_u · g_v for all (u, v): one matrix product per target group.
+    """Σ_{b,t} Δout_u · g_v for all (u, v) at once: one matrix product.
 
-    Sources come in layer order, so those that can feed a group are a prefix of the rows:
-    later ones are never multiplied.
+    Products of edges that do not exist are computed too and masked by the caller: one
+    large product is faster than one per target group over only the sources that can feed it.
     """
-    flat = delta.permute(2, 0, 1, 3).reshape(delta.shape[2], -1)  # [s, (b t d)], laid out once
-    total = torch.zeros(valid.shape, dtype=torch.float64, device=delta.device)
-    for cols, g_in in grads:
-        feeding = valid[:, cols].any(1).nonzero()
-        if len(feeding) == 0:
-            continue
-        rows = int(feeding.max()) + 1
-        g = g_in.to(delta.dtype).permute(0, 1, 3, 2).reshape(-1, len(cols))  # [(b t d), v]
-        total[:rows, cols] += (flat[:rows] @ g).double()
-    return total
+    flat = delta.permute(2, 0, 1, 3).reshape(delta.shape[2], -1)  # [s, (b t d)]
+    return (flat @ grads.to(delta.dtype).reshape(grads.shape[0], -1).T).double()
 
 
 def _clean_reference(model: Any, batch: PromptPairs, metric: Metric) -> Tensor | None:
@@ -390,9 +382,10 @@ class _GradRun:
 
     def __call__(
         self, embed: Tensor | None, record: Sequence[str]
-    ) -> tuple[list[tuple[list[int], Float[Tensor, "b t v d"]]], dict[str, Tensor], Tensor]:
-        """Gradients at the run whose token embedding is ``embed`` (None: the tokens' own),
-        the activations at the hooks named in ``record``, and the answer logits."""
+    ) -> tuple[Float[Tensor, "v b t d"], dict[str, Tensor], Tensor]:
+        """∂L/∂in_v of every candidate target (in the candidates' order) at the run whose
+        token embedding is ``embed`` (None: the tokens' own), the activations at the hooks
+        named in ``record``, and the answer logits."""
         groups = _target_groups(self.cands.targets)
         grad_names = sorted({_grad_hook(g.kind, g.layer) for g in groups})
         norm_inputs = {n for g in groups if (n := _norm_input_hook(g.kind, g.layer))}
@@ -415,8 +408,8 @@ class _GradRun:
                 ref = widen(logits.detach()).log_softmax(-1)
             values = check_finite(widen(self.metric(logits, self.batch, ref)))
             torch.autograd.grad(values.sum(), leaf)
-        m, w = self.model, self.weights
-        grads_in = [(g.cols, _input_grad(m, g, grads, acts, w)) for g in groups]
+        n_targets, embedded = len(self.cands.targets), acts[hooks.embed]
+        grads_in = _input_grads(self.model, groups, grads, acts, self.weights, n_targets, embedded)
         return grads_in, acts, logits.detach()
 
 
@@ -427,32 +420,44 @@ def _keep(store: dict[str, Tensor], name: str) -> Callable[[Tensor, Any], None]:
     return hook
 
 
-def _input_grad(
+def _input_grads(
     model: Any,
-    group: _TargetGroup,
+    groups: Sequence[_TargetGroup],
     grads: dict[str, Tensor],
     acts: dict[str, Tensor],
     weights: AttnWeights,
-) -> Float[Tensor, "b t v d"]:
-    """Pull the gradient at the group's hook back to the residual stream before its norm."""
+    n_targets: int,
+    like: Float[Tensor, "b t d"],
+) -> Float[Tensor, "v b t d"]:
+    """∂L/∂in_v for the targets of ``groups``, in the candidates' columns (zero elsewhere),
+    shaped, typed and placed like the residual stream ``like``.
+
+    The gradient at each group's hook is pulled back through its projection, then through
+    its norm: one vector–Jacobian product per norm for all the cotangents that meet there
+    (a layer's q, k and v heads share one).
+    """
+    out = like.new_zeros(n_targets, *like.shape)
+    at_norm: dict[str, list[tuple[_TargetGroup, Tensor]]] = {}
+    for g in groups:
+        x_name = _norm_input_hook(g.kind, g.layer)
+        if x_name is None:  # logits read the final norm's input directly
+            out[g.cols] = grads[hooks.final_in].unsqueeze(0).to(out.dtype)
+        else:
+            at_norm.setdefault(x_name, []).append((g, _normed_grad(g, grads, weights)))
+    for x_name, parts in at_norm.items():
+        first = parts[0][0]
+        norm = norm_module(model, first.kind, first.layer)
+        cols = [c for g, _ in parts for c in g.cols]
+        out[cols] = norm_vjp(norm, acts[x_name], torch.cat([c for _, c in parts])).to(out.dtype)
+    return out
+
+
+def _normed_grad(
+    group: _TargetGroup, grads: dict[str, Tensor], weights: AttnWeights
+) -> Float[Tensor, "v b t d"]:
+    """The gradient at the output of the group's norm, one cotangent per target."""
     g = grads[_grad_hook(group.kind, group.layer)]
-    x_name = _norm_input_hook(group.kind, group.layer)
-    if group.kind == "logits":
-        return g.unsqueeze(2)
     if group.kind == "mlp":
-        return _norm_vjp(norm_module(model, "mlp", group.layer), acts[x_name], g.unsqueeze(2))  # type: ignore[index]
+        return g.unsqueeze(0)
     w = weights.w_in(group.kind, group.layer)[group.heads]  # [v, d_model, d_head]
-    g_normed = torch.einsum("btve,vde->btvd", g[:, :, group.heads], w)
-    return _norm_vjp(norm_module(model, group.kind, group.layer), acts[x_name], g_normed)  # type: ignore[index]
-
-
-def _norm_vjp(
-    norm: Any, x: Float[Tensor, "b t d"], g: Float[Tensor, "b t v d"]
-) -> Float[Tensor, "b t v d"]:
-    """Jᵀg of the norm at x, for v cotangents at once (the norm acts on each position alone)."""
-    b, t, v, d = g.shape
-    with torch.enable_grad():
-        x_rep = x.detach().unsqueeze(1).expand(b, v, t, d).reshape(b * v, t, d).requires_grad_(True)
-        y = norm(x_rep)
-        (gx,) = torch.autograd.grad(y, x_rep, g.permute(0, 2, 1, 3).reshape(b * v, t, d))
-    return gx.view(b, v, t, d).permute(0, 2, 1, 3)
+    return torch.einsum("btve,vde->vbtd", g[:, :, group.heads], w)

@@ -32,7 +32,7 @@ from circuitgraph.attribution.edges import (
     EdgeSet,
     Progress,
     _grad_hook,
-    _input_grad,
+    _input_grads,
     _norm_input_hook,
     _target_groups,
     _TargetGroup,
@@ -178,22 +178,21 @@ def _batch(
         if g.kind in ("q", "k")
     }
 
+    b, t, n_src, d = delta.shape
+    plain_groups = [g for g in groups if g.kind not in ("q", "k")]
+    plain_cols = [c for g in plain_groups for c in g.cols]
+    like = delta.new_empty(b, t, d)
+
     def effects(grads: dict[str, Tensor]) -> Float[Tensor, "b s v"]:
-        out = torch.zeros(
-            delta.shape[0],
-            delta.shape[2],
-            len(cands.targets),
-            dtype=delta.dtype,
-            device=delta.device,
-        )
+        out = delta.new_zeros(b, n_src, len(cands.targets))
         for g in groups:
             if g.kind in ("q", "k"):
                 out[:, :, g.cols] = _qk_effects(
                     changes[id(g)], layers[g.layer], grads[hooks.pattern(g.layer)], g, info
                 )
-            else:
-                g_in = _input_grad(model, g, grads, run.clean, weights).to(delta.dtype)
-                out[:, :, g.cols] = torch.einsum("btsd,btvd->bsv", delta, g_in)
+        n = len(cands.targets)
+        g_in = _input_grads(model, plain_groups, grads, run.clean, weights, n, like)[plain_cols]
+        out[:, :, plain_cols] = torch.einsum("btsd,vbtd->bsv", delta, g_in)
         return out
 
     plain = effects(run.grads(None))

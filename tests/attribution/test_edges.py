@@ -143,9 +143,10 @@ def test_eap_and_eap_ig_match_an_autograd_reference(arch, tmp_path_factory, step
         )
     )
     want = _reference_ig(model, pairs, sample, steps)
-    # HF's RMSNorm computes in float32 even for a float64 model: float32-level agreement.
+    # HF's RMSNorm computes in float32 even for a float64 model, while its closed-form VJP
+    # here runs in float64: float32-level agreement (cancellation inside the norm's VJP).
     for e in sample:
-        assert got[e][0] == pytest.approx(want[e], abs=1e-9, rel=1e-6), e.id
+        assert got[e][0] == pytest.approx(want[e], abs=1e-9, rel=1e-5), e.id
 
 
 def test_eap_ig_with_one_step_is_eap(tiny_llama):
@@ -245,7 +246,7 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     delta = E.source_outputs(acts_src, cands.sources, w) - E.source_outputs(
         acts_base, cands.sources, w
     )
-    want = E._contract(delta, grads, cands.valid) / 2 / len(pairs) * cands.valid
+    want = E._contract(delta, grads) / 2 / len(pairs) * cands.valid
     assert torch.allclose(two.signed, want, atol=1e-6)
 
 

@@ -1,0 +1,60 @@
+"""The norm VJP: closed forms for LayerNorm / RMSNorm, autograd for anything else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from circuitgraph import weights as W
+
+
+class ShiftedRMSNorm(torch.nn.Module):
+    """Gemma's convention, y = (1 + w) ⊙ x / r: an RMSNorm by name that the formula misfits."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(d))
+        self.eps = 1e-6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (1 + self.weight) * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+
+def _random_affine(norm: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.normal_(1.0, 0.5)
+    return norm
+
+
+NORMS = {
+    "layernorm": lambda d: _random_affine(torch.nn.LayerNorm(d)),
+    "layernorm-plain": lambda d: torch.nn.LayerNorm(d, elementwise_affine=False),
+    "llama-rms": lambda d: _random_affine(LlamaRMSNorm(d, eps=1e-5)),
+    "shifted-rms": ShiftedRMSNorm,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NORMS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_norm_vjp_equals_autograd_on_every_cotangent(kind, dtype):
+    torch.manual_seed(0)
+    norm = NORMS[kind](16).to(dtype)
+    x = torch.randn(3, 5, 16, dtype=dtype) * 3 + 1
+    g = torch.randn(7, 3, 5, 16, dtype=dtype)
+    got = W.norm_vjp(norm, x, g)
+    want = torch.stack([torch.autograd.functional.vjp(norm, x, gi)[1] for gi in g])
+    tol = 1e-5 if dtype == torch.float32 else 1e-6  # LlamaRMSNorm runs in float32 regardless
+    assert torch.allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_closed_forms_are_used_only_where_they_matched():
+    torch.manual_seed(0)
+    x, g = torch.randn(2, 3, 8), torch.randn(4, 2, 3, 8)
+    known = [torch.nn.LayerNorm(8), _random_affine(LlamaRMSNorm(8))]
+    shifted = ShiftedRMSNorm(8)
+    for norm in [*known, shifted]:
+        W.norm_vjp(norm, x, g)
+    assert all(W._CHECKED[n] is not None for n in known)
+    assert W._CHECKED[shifted] is None  # Gemma's (1 + w) fails the check: autograd serves it
