@@ -37,9 +37,9 @@ from circuitgraph.tasks.pairs import PromptPairs
 
 __all__ = [
     "ESTIMATORS",
+    "VARIANTS",
     "Estimator",
     "Variant",
-    "atp",
     "get_estimator",
     "node_effects",
     "register",
@@ -345,11 +345,21 @@ def residual_writes(layers: Sequence[int], available: set[str]) -> tuple[tuple[i
 
 @dataclass(frozen=True)
 class Variant:
-    """Which AtP* pieces an estimator uses."""
+    """Which AtP* pieces an estimator uses.
+
+    Example:
+        >>> Variant("atp*", qk_fix=True, graddrop=True).function_name
+        'atp_star'
+    """
 
     name: str
     qk_fix: bool = False
     graddrop: bool = False
+    summary: str = ""
+
+    @property
+    def function_name(self) -> str:
+        return self.name.replace("+", "_").replace("*", "_star")
 
 
 def run_atp(
@@ -477,28 +487,58 @@ def _no_options(method: str, options: dict[str, Any]) -> None:
         )
 
 
-@register("atp")
-def atp(
-    model: Any,
-    pairs: PromptPairs,
-    nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
-    *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
-    **options: Any,
-) -> NodeScores:
-    """Plain AtP: 2 forward + 1 backward per batch, every node at once.
+#: the AtP* family: which pieces each estimator uses, and its cost per batch
+VARIANTS = (
+    Variant("atp", summary="Plain AtP: 2 forward + 1 backward per batch, every node at once."),
+    Variant(
+        "atp+qkfix", qk_fix=True,
+        summary="AtP with the QK fix on query and key nodes (2 forward + 1 backward).",
+    ),
+    Variant(
+        "atp+graddrop", graddrop=True,
+        summary="AtP with GradDrop on every node (2 forward + at most L backward).",
+    ),
+    Variant(
+        "atp*", qk_fix=True, graddrop=True,
+        summary="AtP*: the QK fix on q/k nodes and GradDrop on all nodes (2 forward + at most "
+        "L backward). ``signed`` is E Î (QK-fixed for q/k); ``score`` the GradDrop score.",
+    ),
+)  # fmt: skip
+
+
+def _variant_estimator(variant: Variant) -> Estimator:
+    """The shared estimator signature around :func:`run_atp` for one variant."""
+
+    def estimate(
+        model: Any,
+        pairs: PromptPairs,
+        nodes: Sequence[Node],
+        metric: str | Metric = "logit_diff",
+        *,
+        batch_size: int = 32,
+        mode: str = "noising",
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> NodeScores:
+        _no_options(variant.name, options)
+        return run_atp(
+            model, pairs, nodes, metric, variant,
+            batch_size=batch_size, mode=mode, progress=progress,
+        )  # fmt: skip
+
+    estimate.__name__ = estimate.__qualname__ = variant.function_name
+    estimate.__doc__ = f"""{variant.summary}
 
     Example:
-        >>> scores = atp(model, pairs, enumerate_nodes(info, ["head", "mlp"]))  # doctest: +SKIP
+        >>> from circuitgraph.attribution import get_estimator
+        >>> get_estimator({variant.name!r}).__name__
+        {variant.function_name!r}
     """
-    _no_options("atp", options)
-    return run_atp(
-        model, pairs, nodes, metric, Variant("atp"),
-        batch_size=batch_size, mode=mode, progress=progress,
-    )  # fmt: skip
+    return estimate
+
+
+for _variant in VARIANTS:
+    register(_variant.name)(_variant_estimator(_variant))
 
 
 @register("exact")

@@ -21,22 +21,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.attribution.atp import (
-    BatchRun,
-    Progress,
-    Site,
-    Variant,
-    _no_options,
-    node_effects,
-    register,
-    run_atp,
-)
+from circuitgraph.attribution.atp import BatchRun, Site, node_effects
 from circuitgraph.nodes import Node
-from circuitgraph.scores import NodeScores
-from circuitgraph.tasks.metrics import Metric
-from circuitgraph.tasks.pairs import PromptPairs
 
-__all__ = ["abs_sum", "atp_graddrop", "atp_star", "drop_layers", "score"]
+__all__ = ["abs_sum", "drop_layers", "score"]
 
 
 def drop_layers(nodes: Sequence[Node], n_layers: int) -> tuple[int, ...]:
@@ -81,54 +69,3 @@ def score(sums: Float[Tensor, " n"], n_pairs: int, n_layers: int) -> Float[Tenso
         [1.0]
     """
     return sums / (n_pairs * max(n_layers - 1, 1))
-
-
-@register("atp+graddrop")
-def atp_graddrop(
-    model: Any,
-    pairs: PromptPairs,
-    nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
-    *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
-    **options: Any,
-) -> NodeScores:
-    """AtP with GradDrop on every node (2 forward + at most L backward).
-
-    Example:
-        >>> s = atp_graddrop(model, pairs, enumerate_nodes(info, ["head", "mlp"]))  # doctest: +SKIP
-    """
-    _no_options("atp+graddrop", options)
-    return run_atp(
-        model, pairs, nodes, metric, Variant("atp+graddrop", graddrop=True),
-        batch_size=batch_size, mode=mode, progress=progress,
-    )  # fmt: skip
-
-
-@register("atp*")
-def atp_star(
-    model: Any,
-    pairs: PromptPairs,
-    nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
-    *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
-    **options: Any,
-) -> NodeScores:
-    """AtP*: the QK fix on q/k nodes and GradDrop on all nodes (2 forward + at most L backward).
-
-    ``signed`` is E Î (QK-fixed for q/k); ``score`` is the GradDrop score.
-
-    Example:
-        >>> nodes = enumerate_nodes(info, ["head", "q", "k", "v", "mlp"])  # doctest: +SKIP
-        >>> s = atp_star(model, pairs, nodes)  # doctest: +SKIP
-    """
-    _no_options("atp*", options)
-    return run_atp(
-        model, pairs, nodes, metric, Variant("atp*", qk_fix=True, graddrop=True),
-        batch_size=batch_size, mode=mode, progress=progress,
-    )  # fmt: skip

@@ -32,26 +32,14 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitgraph.attribution.atp import (
-    BatchRun,
-    Progress,
-    Site,
-    Variant,
-    _no_options,
-    register,
-    run_atp,
-)
+from circuitgraph.attribution.atp import BatchRun, Site
 from circuitgraph.errors import ModelStateError
 from circuitgraph.model import ModelInfo
-from circuitgraph.nodes import Node, hooks
-from circuitgraph.scores import NodeScores
-from circuitgraph.tasks.metrics import Metric
-from circuitgraph.tasks.pairs import PromptPairs
+from circuitgraph.nodes import hooks
 
 __all__ = [
     "LayerPatterns",
     "QKFix",
-    "atp_qkfix",
     "fit_scale",
     "key_effects",
     "key_whole_effects",
@@ -391,27 +379,3 @@ class QKFix:
         per_key = key_effects(lp, grad, n_kv) if site.has_positions else None
         whole = key_whole_effects(lp, grad, n_kv) if site.has_whole else None
         return per_key, whole
-
-
-@register("atp+qkfix")
-def atp_qkfix(
-    model: Any,
-    pairs: PromptPairs,
-    nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
-    *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
-    **options: Any,
-) -> NodeScores:
-    """AtP with the QK fix on query and key nodes (2 forward + 1 backward).
-
-    Example:
-        >>> s = atp_qkfix(model, pairs, enumerate_nodes(info, ["q", "k"]))  # doctest: +SKIP
-    """
-    _no_options("atp+qkfix", options)
-    return run_atp(
-        model, pairs, nodes, metric, Variant("atp+qkfix", qk_fix=True),
-        batch_size=batch_size, mode=mode, progress=progress,
-    )  # fmt: skip
