@@ -58,3 +58,10 @@ def test_closed_forms_are_used_only_where_they_matched():
         W.norm_vjp(norm, x, g)
     assert all(W._CHECKED[n] is not None for n in known)
     assert W._CHECKED[shifted] is None  # Gemma's (1 + w) fails the check: autograd serves it
+
+
+def test_a_zero_cotangent_does_not_vouch_for_a_formula():
+    x = torch.randn(2, 3, 8)
+    shifted = ShiftedRMSNorm(8)
+    W.norm_vjp(shifted, x, torch.zeros(1, 2, 3, 8))
+    assert W._CHECKED[shifted] is None
