@@ -470,6 +470,13 @@ def bench(
         ),
     ] = None,
     threads: Annotated[int, typer.Option(help="Torch threads (1: CPU-time clock).")] = 1,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the speed and memory parts run. Not 'cpu' (e.g. 'cuda'): only those two "
+            "parts, on random GPT-2-small and ~1.1B Llama shapes unless --models is given."
+        ),
+    ] = "cpu",
 ) -> None:
     """Benchmark recall cost, speed, memory, scaling and TransformerLens; write bench.json + plots."""
     from dataclasses import replace
@@ -480,7 +487,13 @@ def bench(
     with user_errors():
         if threads < 1:
             raise ConfigError(f"expected --threads of at least 1 but got {threads}")
-        config = BenchConfig.quick() if quick else BenchConfig()
+        on_gpu = device != "cpu"
+        if on_gpu:
+            _check_device(device)
+        config = BenchConfig.gpu(device) if on_gpu and not quick else BenchConfig()
+        if quick:
+            config = replace(BenchConfig.quick(), device=device)
+            config = replace(config, parts=("speed", "memory")) if on_gpu else config
         config = replace(config, threads=threads)
         if models:
             config = replace(
@@ -498,6 +511,19 @@ def bench(
         for name, data in pictures.items():
             write(folder / name, data)
         typer.echo(f"-> {folder}/ (bench.json{''.join(', ' + n for n in pictures)})")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(
+            f"expected a torch device such as 'cpu' or 'cuda' but got {device!r}"
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asks for a GPU but torch sees no CUDA device here")
 
 
 def main() -> None:

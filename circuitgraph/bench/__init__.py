@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["BenchConfig", "default_models", "machine", "run_bench"]
+__all__ = ["PARTS", "BenchConfig", "default_models", "machine", "run_bench"]
 
 BIG = ("random:gpt2-small", "random:llama-gqa-small")
+PARTS = ("recall", "speed", "memory", "scaling", "peer")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class BenchConfig:
     peer_batch: tuple[int, int] = (4, 12)
     peer_repeats: int = 2
     threads: int = 1
+    device: str = "cpu"  # where the speed and memory parts run; the others stay on the CPU
+    parts: tuple[str, ...] = PARTS
     recall_kinds: tuple[str, ...] = ("heads", "neurons")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +77,21 @@ class BenchConfig:
             peer_batch=(2, 8), peer_repeats=1,
         )  # fmt: skip
 
+    @classmethod
+    def gpu(cls, device: str = "cuda") -> BenchConfig:
+        """The speed and memory ratios on a GPU: random GPT-2-small (124M) and Llama (~1.1B)
+        shapes, longer sequences (a GPU is idle on the CPU batches).
+
+        Example:
+            >>> BenchConfig.gpu().parts
+            ('speed', 'memory')
+        """
+        return cls(
+            models=("random:gpt2-small", "random:llama-1b"), device=device,
+            parts=("speed", "memory"), speed_batch=(8, 64), big_batch=(8, 64), repeats=5,
+            big_repeats=5, memory_batch=(8, 64),
+        )  # fmt: skip
+
 
 def default_models() -> tuple[str, ...]:
     """Every installed zoo model, then the random GPT-2-small and Llama-GQA shapes.
@@ -87,8 +105,8 @@ def default_models() -> tuple[str, ...]:
     return (*(f"zoo:{m.name}" for m in zoo.list_models()), *BIG)
 
 
-def machine(threads: int) -> dict[str, Any]:
-    """The machine the numbers come from.
+def machine(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """The machine the numbers come from (with the GPU's name when one is used).
 
     Example:
         >>> "torch" in machine(1)
@@ -102,10 +120,13 @@ def machine(threads: int) -> dict[str, Any]:
             cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {
+    out = {
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-        "torch": torch.__version__, "platform": platform.platform(),
+        "torch": torch.__version__, "platform": platform.platform(), "device": device,
     }  # fmt: skip
+    if torch.device(device).type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return out
 
 
 Say = Callable[[str], None]
@@ -123,19 +144,25 @@ def run_bench(config: BenchConfig, say: Say | None = None) -> dict[str, Any]:
     import torch
 
     from circuitgraph.bench import parts
+    from circuitgraph.errors import ConfigError
 
     torch.set_num_threads(config.threads)
     say = say or (lambda _line: None)
     if not config.models:
         config = replace(config, models=default_models())
     start = time.perf_counter()
-    out: dict[str, Any] = {"config": asdict(config), "machine": machine(config.threads)}
+    unknown = sorted(set(config.parts) - set(PARTS))
+    if unknown:
+        raise ConfigError(f"expected bench parts among {list(PARTS)} but got {unknown}")
+    out: dict[str, Any] = {
+        "config": asdict(config), "machine": machine(config.threads, config.device)
+    }  # fmt: skip
     steps: list[tuple[str, Callable[[BenchConfig, Say], Any]]] = [
         ("recall", parts.recall_part), ("speed", parts.speed_part),
         ("memory", parts.memory_part), ("scaling", parts.scaling_part), ("peer", parts.peer_part),
     ]  # fmt: skip
     seconds: dict[str, float] = {}
-    for name, fn in steps:
+    for name, fn in (step for step in steps if step[0] in config.parts):
         t = time.perf_counter()
         out[name] = fn(config, say)
         seconds[name] = time.perf_counter() - t

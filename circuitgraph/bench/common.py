@@ -47,6 +47,11 @@ SHAPES: dict[str, dict[str, Any]] = {
         "arch": "llama", "n_layer": 12, "n_head": 12, "n_kv": 4, "n_embd": 768, "d_mlp": 2048,
         "vocab": 16384,
     },
+    # Llama-shaped, ~1.1B parameters (untied): the GPU size point; slow to build on a CPU.
+    "llama-1b": {
+        "arch": "llama", "n_layer": 16, "n_head": 32, "n_kv": 8, "n_embd": 2048, "d_mlp": 8192,
+        "vocab": 32000,
+    },
 }  # fmt: skip
 
 _DIRS: dict[tuple[str, int], str] = {}
@@ -93,7 +98,7 @@ def random_dir(shape: str, seed: int = 0) -> str:
     return _DIRS[key]
 
 
-def random_model(shape: str, seed: int = 0) -> tuple[Any, Any]:
+def random_model(shape: str, seed: int = 0, device: str = "cpu") -> tuple[Any, Any]:
     """A randomly initialised model of the given shape, loaded through ``load_model``.
 
     Example:
@@ -101,21 +106,21 @@ def random_model(shape: str, seed: int = 0) -> tuple[Any, Any]:
         >>> info.n_kv_heads  # doctest: +SKIP
         2
     """
-    return load_model(random_dir(shape, seed), device="cpu")
+    return load_model(random_dir(shape, seed), device=device)
 
 
 random_gpt2 = random_model  # the old name, kept for the scripts
 
 
-def load_spec(spec: str) -> tuple[Any, Any]:
+def load_spec(spec: str, device: str = "cpu") -> tuple[Any, Any]:
     """``random:SHAPE`` or anything ``load_model`` accepts (``zoo:NAME``, a folder).
 
     Example:
         >>> model, info = load_spec("zoo:attn-only-2l")  # doctest: +SKIP
     """
     if spec.startswith("random:"):
-        return random_model(spec.split(":", 1)[1])
-    return load_model(spec, device="cpu")
+        return random_model(spec.split(":", 1)[1], device=device)
+    return load_model(spec, device=device)
 
 
 def random_pairs(d_vocab: int, n: int, t: int, seed: int = 0) -> PromptPairs:
@@ -166,12 +171,16 @@ def bare_passes(model: Any, pairs: PromptPairs, n_backward: int) -> Callable[[],
 
 def clock() -> float:
     """CPU time of this process with one thread (waiting for a shared core does not count),
-    wall time otherwise.
+    wall time otherwise; once CUDA is in use, wall time after waiting for the GPU's queued
+    work (its kernels run asynchronously and cost no CPU time).
 
     Example:
         >>> clock() >= 0
         True
     """
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        return time.perf_counter()
     return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
 
 

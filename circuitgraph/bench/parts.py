@@ -65,10 +65,10 @@ def speed_part(config: BenchConfig, say: Say) -> dict[str, Any]:
     out = {}
     for spec in config.models:
         say(f"speed: {spec}")
-        model, info = load_spec(spec)
+        model, info = load_spec(spec, config.device)
         big = _is_big(spec)
         n, t = config.big_batch if big else config.speed_batch
-        pairs = _batch(spec, model, info, n, t)
+        pairs = _batch(spec, model, info, n, t).to(config.device)
         repeats = config.big_repeats if big else config.repeats
         out[spec] = {"batch": [len(pairs), int(pairs.clean.shape[1])], "layers": info.n_layers,
                      **speed_ratios(model, info, pairs, repeats, warm_up=not big)}  # fmt: skip
@@ -88,7 +88,7 @@ def memory_part(config: BenchConfig, say: Say) -> dict[str, Any]:
     n, t = config.memory_batch
     for spec in config.models if config.memory_models is None else config.memory_models:
         say(f"memory: {spec}")
-        out[spec] = {"batch": [n, t], **memory_ratio(_child_spec(spec), n, t)}
+        out[spec] = {"batch": [n, t], **memory_ratio(_child_spec(spec), n, t, config.device)}
     return out
 
 

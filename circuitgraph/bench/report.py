@@ -99,15 +99,20 @@ def table(results: dict[str, Any]) -> str:
         >>> print(table(run_bench(BenchConfig.quick())))  # doctest: +SKIP
     """
     m = results["machine"]
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
     blocks = [
         [f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch thread(s), "
-         f"torch {m['torch']}, python {m['python']}"],
-        recall_table(results["recall"]),
-        speed_table(results["speed"], results["memory"]),
-        scaling_table(results["scaling"]),
-        peer_table(results["peer"]),
-        [f"total {results['seconds']['total']:.0f} s"],
+         f"torch {m['torch']}, python {m['python']}{gpu}"],
     ]  # fmt: skip
+    if "recall" in results:
+        blocks.append(recall_table(results["recall"]))
+    if "speed" in results:
+        blocks.append(speed_table(results["speed"], results.get("memory", {})))
+    if "scaling" in results:
+        blocks.append(scaling_table(results["scaling"]))
+    if "peer" in results:
+        blocks.append(peer_table(results["peer"]))
+    blocks.append([f"total {results['seconds']['total']:.0f} s"])
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
 
 
@@ -134,8 +139,9 @@ def plots(results: dict[str, Any]) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
-    out = {plot_name(r): _recall_plot(r) for r in results["recall"]}
-    out["scaling.png"] = _scaling_plot(results["scaling"])
+    out = {plot_name(r): _recall_plot(r) for r in results.get("recall", [])}
+    if "scaling" in results:
+        out["scaling.png"] = _scaling_plot(results["scaling"])
     return out
 
 

@@ -9,12 +9,12 @@ Every figure is a ratio of two timings taken in the same run on the same batch (
 * ``sweep``: exact sweep time per node / one bare forward                target ≤ 1.2
 * ``memory``: peak RSS of EAP over all edges / peak of a plain forward + backward with
   parameter gradients, each in a fresh process (Linux; VmHWM reset once the model and
-  batch are loaded)                                                       target ≤ 2
+  batch are loaded; on a GPU, torch's peak allocated memory there)         target ≤ 2
 
 A bare backward is the gradient of the summed metric with respect to the embedding output.
 Nodes are heads with q/k/v and MLPs (``head, q, k, v, mlp``).
 
-    python -m circuitgraph.bench.speed --memory-worker DIR eap 8 32   # internal: one peak
+    python -m circuitgraph.bench.speed --memory-worker DIR eap 8 32 1 cpu   # internal: one peak
 """
 
 from __future__ import annotations
@@ -176,8 +176,13 @@ def _plain_forward_backward(model: Any, pairs: PromptPairs) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def memory_worker(spec: str, what: str, n_pairs: int, seq: int) -> dict[str, float]:
+def memory_worker(
+    spec: str, what: str, n_pairs: int, seq: int, device: str = "cpu"
+) -> dict[str, float]:
     """Run one memory measurement in this process; working memory above the loaded model.
+
+    On CPU the peak resident set size (VmHWM); on a GPU the peak of memory allocated by
+    torch on it.
 
     Example:
         >>> memory_worker("zoo:attn-only-2l", "eap", 4, 16)["peak_mb"] > 0  # doctest: +SKIP
@@ -185,25 +190,33 @@ def memory_worker(spec: str, what: str, n_pairs: int, seq: int) -> dict[str, flo
     """
     from circuitgraph.bench.common import load_spec
 
-    model, info = load_spec(spec)
-    pairs = random_pairs(info.d_vocab, n_pairs, seq)
+    model, info = load_spec(spec, device)
+    pairs = random_pairs(info.d_vocab, n_pairs, seq).to(device)
     cands = EdgeSet.full(info)
-    before = _reset_peak()  # loading the model peaks higher than the work measured here
+    gpu = torch.device(device).type == "cuda"
+    before = _reset_gpu_peak() if gpu else _reset_peak()  # loading peaks higher than the work
     if what == "bare":
         _plain_forward_backward(model, pairs)
     else:
         attribute_edges(model, pairs, "logit_diff", "eap", cands, batch_size=n_pairs)
-    return {"peak_mb": _status_mb("VmHWM") - before}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _status_mb("VmHWM")
+    return {"peak_mb": peak - before}
 
 
-def _in_fresh_process(spec: str, what: str, n_pairs: int, seq: int) -> float:
+def _reset_gpu_peak() -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated() / 2**20
+
+
+def _in_fresh_process(spec: str, what: str, n_pairs: int, seq: int, device: str) -> float:
     cmd = [sys.executable, "-m", "circuitgraph.bench.speed", "--memory-worker", spec, what]
-    cmd += [str(n_pairs), str(seq), str(torch.get_num_threads())]
+    cmd += [str(n_pairs), str(seq), str(torch.get_num_threads()), device]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
-def memory_ratio(spec: str, n_pairs: int, seq: int) -> dict[str, float]:
+def memory_ratio(spec: str, n_pairs: int, seq: int, device: str = "cpu") -> dict[str, float]:
     """Peak MB of EAP over all edges and of a plain fwd+bwd, each in a fresh process.
 
     ``spec`` is anything :func:`~circuitgraph.bench.common.load_spec` takes (a folder for a
@@ -212,8 +225,8 @@ def memory_ratio(spec: str, n_pairs: int, seq: int) -> dict[str, float]:
     Example:
         >>> memory_ratio("zoo:attn-only-2l", 8, 32)["ratio"]  # doctest: +SKIP
     """
-    bare = _in_fresh_process(spec, "bare", n_pairs, seq)
-    eap = _in_fresh_process(spec, "eap", n_pairs, seq)
+    bare = _in_fresh_process(spec, "bare", n_pairs, seq, device)
+    eap = _in_fresh_process(spec, "eap", n_pairs, seq, device)
     return {"bare_mb": bare, "eap_mb": eap, "ratio": eap / bare}
 
 
@@ -280,13 +293,15 @@ def scaling(
 
 
 def _worker_main(argv: list[str]) -> None:
-    spec, what, n_pairs, seq, threads = argv
+    spec, what, n_pairs, seq, threads, device = argv
     torch.set_num_threads(int(threads))
-    print(json.dumps(memory_worker(spec, what, int(n_pairs), int(seq))))
+    print(json.dumps(memory_worker(spec, what, int(n_pairs), int(seq), device)))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--memory-worker":
+    if len(sys.argv) == 8 and sys.argv[1] == "--memory-worker":
         _worker_main(sys.argv[2:])
     else:
-        sys.exit("usage: python -m circuitgraph.bench.speed --memory-worker SPEC WHAT N T THREADS")
+        sys.exit(
+            "usage: python -m circuitgraph.bench.speed --memory-worker SPEC WHAT N T THREADS DEVICE"
+        )

@@ -73,3 +73,43 @@ def test_bench_quick_writes_json_with_finite_ratios(tmp_path):
     assert ratios and all(math.isfinite(x) and x > 0 for x in ratios)
     assert all(p["max_rel_diff"] < 1e-3 for p in data["peer"].values())
     assert "Cost of verified recall" in result.output
+
+
+def test_bench_runs_only_the_parts_asked_for_and_reports_them():
+    from dataclasses import replace
+
+    from circuitgraph.bench import BenchConfig, run_bench
+    from circuitgraph.bench.report import plots, table
+
+    config = replace(
+        BenchConfig.quick(), models=("random:tiny-gpt2",), parts=("speed",), repeats=1
+    )
+    results = run_bench(config)
+    assert "speed" in results and not {"recall", "memory", "scaling", "peer"} & set(results)
+    assert results["machine"]["device"] == "cpu"
+    text = table(results)
+    assert "Speed and memory ratios" in text and "Cost of verified recall" not in text
+    assert plots(results) == {}
+    with pytest.raises(ConfigError, match="bench parts"):
+        run_bench(replace(config, parts=("speed", "colour")))
+
+
+def test_gpu_preset_names_shapes_that_exist():
+    from circuitgraph.bench import BenchConfig
+    from circuitgraph.bench.common import SHAPES
+
+    config = BenchConfig.gpu("cuda:1")
+    assert config.device == "cuda:1" and config.parts == ("speed", "memory")
+    assert all(m.split(":", 1)[1] in SHAPES for m in config.models)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("toaster", "expected a torch device"), ("cuda", "no CUDA device")],
+)
+def test_bench_device_mistakes_are_one_line_errors(tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(app, ["bench", "--device", device, "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert message in str(result.exception) or message in result.output
