@@ -81,9 +81,7 @@ def test_bench_runs_only_the_parts_asked_for_and_reports_them():
     from circuitgraph.bench import BenchConfig, run_bench
     from circuitgraph.bench.report import plots, table
 
-    config = replace(
-        BenchConfig.quick(), models=("random:tiny-gpt2",), parts=("speed",), repeats=1
-    )
+    config = replace(BenchConfig.quick(), models=("random:tiny-gpt2",), parts=("speed",), repeats=1)
     results = run_bench(config)
     assert "speed" in results and not {"recall", "memory", "scaling", "peer"} & set(results)
     assert results["machine"]["device"] == "cpu"
