@@ -96,19 +96,27 @@ def _verified(norm: Any, x: Tensor, g: Tensor) -> NormVJP | None:
         return None
     want = _wide(_autograd_vjp(norm, x, g))
     got = _wide(closed(norm, x, g))
+    # half precision: the module's own rounding (about 1e-2 relative in bfloat16) dominates;
+    # the type and parameter gate above already rules out formulas of another shape
     tol = max(1e-4, 10 * torch.finfo(x.dtype).eps) if x.dtype.is_floating_point else 1e-4
     return closed if (got - want).abs().max() <= tol * (want.abs().max() + 1e-12) else None
 
 
 def _closed_form(norm: Any, d: int) -> NormVJP | None:
-    """The VJP formula this module claims to follow, from its type and attributes."""
-    weight = getattr(norm, "weight", None)
-    if weight is not None and tuple(weight.shape) != (d,):
+    """The VJP formula this module claims to follow, from its type and attributes.
+
+    Its parameters must be exactly what the formula reads (``weight``, and ``bias`` for
+    LayerNorm), each of size d: a scale stored elsewhere (say ``w``) could equal one when
+    checked and differ later.
+    """
+    params = dict(norm.named_parameters()) if isinstance(norm, torch.nn.Module) else {}
+    if any(tuple(p.shape) != (d,) for p in params.values()):
         return None
     if isinstance(norm, torch.nn.LayerNorm):
-        return _layer_norm_vjp if tuple(norm.normalized_shape) == (d,) else None
+        fits = tuple(norm.normalized_shape) == (d,) and set(params) <= {"weight", "bias"}
+        return _layer_norm_vjp if fits else None
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
-    if "RMSNorm" in type(norm).__name__ and isinstance(eps, float):
+    if "RMSNorm" in type(norm).__name__ and isinstance(eps, float) and set(params) <= {"weight"}:
         return _rms_norm_vjp
     return None
 

@@ -487,9 +487,7 @@ def bench(
     with user_errors():
         if threads < 1:
             raise ConfigError(f"expected --threads of at least 1 but got {threads}")
-        on_gpu = device != "cpu"
-        if on_gpu:
-            _check_device(device)
+        on_gpu = _device_type(device) != "cpu"
         config = BenchConfig.gpu(device) if on_gpu and not quick else BenchConfig()
         if quick:
             config = replace(BenchConfig.quick(), device=device)
@@ -513,7 +511,8 @@ def bench(
         typer.echo(f"-> {folder}/ (bench.json{''.join(', ' + n for n in pictures)})")
 
 
-def _check_device(device: str) -> None:
+def _device_type(device: str) -> str:
+    """``cpu``, ``cuda``, ...; a device torch does not know or cannot reach is a user error."""
     import torch
 
     try:
@@ -524,6 +523,7 @@ def _check_device(device: str) -> None:
         ) from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} asks for a GPU but torch sees no CUDA device here")
+    return kind
 
 
 def main() -> None:

@@ -47,12 +47,14 @@ def test_norm_vjp_equals_autograd_on_every_cotangent(kind, dtype):
     want = torch.stack([torch.autograd.functional.vjp(norm, x, gi)[1] for gi in g])
     tol = 1e-5 if dtype == torch.float32 else 1e-6  # LlamaRMSNorm runs in float32 regardless
     assert torch.allclose(got, want, rtol=tol, atol=tol)
+    # the closed form served every kind but Gemma's (else the check above only saw autograd)
+    assert (W._CHECKED[norm] is None) == (kind == "shifted-rms")
 
 
 def test_closed_forms_are_used_only_where_they_matched():
     torch.manual_seed(0)
     x, g = torch.randn(2, 3, 8), torch.randn(4, 2, 3, 8)
-    known = [torch.nn.LayerNorm(8), _random_affine(LlamaRMSNorm(8))]
+    known = [_random_affine(torch.nn.LayerNorm(8)), _random_affine(LlamaRMSNorm(8))]
     shifted = ShiftedRMSNorm(8)
     for norm in [*known, shifted]:
         W.norm_vjp(norm, x, g)
@@ -65,3 +67,26 @@ def test_a_zero_cotangent_does_not_vouch_for_a_formula():
     shifted = ShiftedRMSNorm(8)
     W.norm_vjp(shifted, x, torch.zeros(1, 2, 3, 8))
     assert W._CHECKED[shifted] is None
+
+
+class ScaledByW(torch.nn.Module):
+    """An RMSNorm by name whose scale is ``w``, not ``weight``: the formula cannot see it."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(d))
+        self.eps = 1e-5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+
+def test_a_scale_the_formula_cannot_read_keeps_autograd():
+    norm = ScaledByW(8)  # all ones: the plain formula would pass the check today
+    x, g = torch.randn(2, 3, 8), torch.randn(4, 2, 3, 8)
+    W.norm_vjp(norm, x, g)
+    assert W._CHECKED[norm] is None
+    with torch.no_grad():
+        norm.w.mul_(3.0)
+    want = torch.stack([torch.autograd.functional.vjp(norm, x, gi)[1] for gi in g])
+    assert torch.allclose(W.norm_vjp(norm, x, g), want, atol=1e-5)

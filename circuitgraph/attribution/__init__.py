@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from circuitgraph.attribution import baselines, edges_star, graddrop, qk_fix  # noqa: F401  (register methods)
+from circuitgraph.attribution import baselines, edges_star  # noqa: F401  (they register methods)
 from circuitgraph.attribution.atp import ESTIMATORS, Estimator, get_estimator, register
 from circuitgraph.attribution.diagnostics import Diagnosis, diagnose
 from circuitgraph.attribution.verify import Verification, verify_nodes

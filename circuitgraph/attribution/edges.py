@@ -274,7 +274,8 @@ def _integrated(
         total += _integrated_batch(model, batch, cands, metric, steps, mode, weights).cpu()
         if progress is not None:
             progress(len(batch))
-    signed = (total / len(pairs)) * cands.valid
+    # where, not a product: an overflowed product of a non-edge must not become NaN
+    signed = torch.where(cands.valid, total / len(pairs), 0.0)
     return EdgeScores(
         cands.sources, cands.targets, signed, signed.abs(), cands.valid.clone(), method,
         metric.name, len(pairs), forward_passes=2.0 + steps, backward_passes=float(steps),
@@ -323,8 +324,9 @@ def _contract(
     Products of edges that do not exist are computed too and masked by the caller: one
     large product is faster than one per target group over only the sources that can feed it.
     """
-    flat = delta.permute(2, 0, 1, 3).reshape(delta.shape[2], -1)  # [s, (b t d)]
-    return (flat @ grads.to(delta.dtype).reshape(grads.shape[0], -1).T).double()
+    b, t, s, d = delta.shape
+    flat = delta.permute(2, 0, 1, 3).reshape(s, b * t * d)
+    return (flat @ grads.to(delta.dtype).reshape(grads.shape[0], b * t * d).T).double()
 
 
 def _clean_reference(model: Any, batch: PromptPairs, metric: Metric) -> Tensor | None:
@@ -437,18 +439,20 @@ def _input_grads(
     (a layer's q, k and v heads share one).
     """
     out = like.new_zeros(n_targets, *like.shape)
-    at_norm: dict[str, list[tuple[_TargetGroup, Tensor]]] = {}
+    # The groups that read one residual stream all go through one norm (ln1 for a layer's
+    # q/k/v, ln2 for its MLP); their cotangents are made one norm at a time, so no more
+    # than one layer's are alive beside ``out``.
+    at_norm: dict[str | None, list[_TargetGroup]] = {}
     for g in groups:
-        x_name = _norm_input_hook(g.kind, g.layer)
+        at_norm.setdefault(_norm_input_hook(g.kind, g.layer), []).append(g)
+    for x_name, members in at_norm.items():
+        cols = [c for g in members for c in g.cols]
         if x_name is None:  # logits read the final norm's input directly
-            out[g.cols] = grads[hooks.final_in].unsqueeze(0).to(out.dtype)
-        else:
-            at_norm.setdefault(x_name, []).append((g, _normed_grad(g, grads, weights)))
-    for x_name, parts in at_norm.items():
-        first = parts[0][0]
-        norm = norm_module(model, first.kind, first.layer)
-        cols = [c for g, _ in parts for c in g.cols]
-        out[cols] = norm_vjp(norm, acts[x_name], torch.cat([c for _, c in parts])).to(out.dtype)
+            out[cols] = grads[hooks.final_in].unsqueeze(0).to(out.dtype)
+            continue
+        cotangents = torch.cat([_normed_grad(g, grads, weights) for g in members])
+        norm = norm_module(model, members[0].kind, members[0].layer)
+        out[cols] = norm_vjp(norm, acts[x_name], cotangents).to(out.dtype)
     return out
 
 

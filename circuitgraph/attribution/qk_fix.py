@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitgraph.attribution.atp import BatchRun, Site
+from circuitgraph.attribution.atp import BatchRun, Site, atp_qkfix
 from circuitgraph.errors import ModelStateError
 from circuitgraph.model import ModelInfo
 from circuitgraph.nodes import hooks
@@ -40,6 +40,7 @@ from circuitgraph.nodes import hooks
 __all__ = [
     "LayerPatterns",
     "QKFix",
+    "atp_qkfix",
     "fit_scale",
     "key_effects",
     "key_whole_effects",

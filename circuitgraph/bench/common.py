@@ -115,9 +115,14 @@ random_gpt2 = random_model  # the old name, kept for the scripts
 def load_spec(spec: str, device: str = "cpu") -> tuple[Any, Any]:
     """``random:SHAPE`` or anything ``load_model`` accepts (``zoo:NAME``, a folder).
 
+    A CUDA device becomes the current one, so that the clock's synchronisation and the
+    memory statistics (which read the current device) see the GPU doing the work.
+
     Example:
         >>> model, info = load_spec("zoo:attn-only-2l")  # doctest: +SKIP
     """
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
     if spec.startswith("random:"):
         return random_model(spec.split(":", 1)[1], device=device)
     return load_model(spec, device=device)

@@ -42,9 +42,13 @@ def speed_table(speed: dict[str, Any], memory: dict[str, Any]) -> list[str]:
         f"{'model':<26}{'batch':>7}{'AtP':>7}{'AtP*':>7}{'EAP':>7}{'sweep':>7}{'memory':>8}",
         f"{'  target':<26}{'':>7}{'<=1.3':>7}{'<=1.3':>7}{'<=1.5':>7}{'<=1.2':>7}{'<=2':>8}",
     ]
-    for spec, s in speed.items():
-        r = s["ratios"]
+    for spec in dict.fromkeys([*speed, *memory]):
         mem = _mark(memory[spec]["ratio"], t["memory"]) if spec in memory else "-"
+        if spec not in speed:
+            batch = "x".join(map(str, memory[spec]["batch"]))
+            lines.append(f"{spec:<26}{batch:>7}{'-':>7}{'-':>7}{'-':>7}{'-':>7}{mem:>8}")
+            continue
+        s, r = speed[spec], speed[spec]["ratios"]
         lines.append(
             f"{spec:<26}{'x'.join(map(str, s['batch'])):>7}{_mark(r['atp'], t['atp']):>7}"
             f"{_mark(r['atp*'], t['atp*']):>7}{_mark(r['eap'], t['eap']):>7}"
@@ -106,8 +110,8 @@ def table(results: dict[str, Any]) -> str:
     ]  # fmt: skip
     if "recall" in results:
         blocks.append(recall_table(results["recall"]))
-    if "speed" in results:
-        blocks.append(speed_table(results["speed"], results.get("memory", {})))
+    if "speed" in results or "memory" in results:
+        blocks.append(speed_table(results.get("speed", {}), results.get("memory", {})))
     if "scaling" in results:
         blocks.append(scaling_table(results["scaling"]))
     if "peer" in results:

@@ -111,3 +111,15 @@ def test_bench_device_mistakes_are_one_line_errors(tmp_path, device, message):
     result = CliRunner().invoke(app, ["bench", "--device", device, "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert message in str(result.exception) or message in result.output
+
+
+def test_a_memory_only_run_still_prints_its_ratios():
+    from circuitgraph.bench.report import table
+
+    results = {
+        "machine": {"cpu": "x", "cores": 2, "threads": 1, "torch": "t", "python": "p"},
+        "memory": {"random:tiny-gpt2": {"batch": [4, 16], "ratio": 2.5}},
+        "seconds": {"total": 1.0},
+    }
+    row = next(ln for ln in table(results).splitlines() if ln.startswith("random:tiny-gpt2"))
+    assert row.split()[-1] == "2.50!" and row.split()[1] == "4x16"
