@@ -46,6 +46,8 @@ class BenchConfig:
     memory_batch: tuple[int, int] = (8, 32)
     memory_models: tuple[str, ...] | None = None  # None: the same as ``models``
     scaling_models: tuple[str, ...] = ("random:tiny-gpt2", "random:gpt2-6l", "random:gpt2-small")
+    # pairs and length are swept on a model big enough for per-pair work to dominate
+    scaling_sweep: str | None = "random:gpt2-6l"
     scaling_pairs: tuple[int, ...] = (2, 4, 8, 16, 32)
     scaling_seq: tuple[int, ...] = (8, 16, 32, 64)
     scaling_base: tuple[int, int] = (4, 16)
@@ -72,7 +74,8 @@ class BenchConfig:
         return cls(
             models=("zoo:attn-only-2l", "random:tiny-gpt2"), recall_pairs=8, random_seeds=2,
             speed_batch=(4, 12), repeats=3, memory_batch=(4, 16), memory_models=("random:tiny-gpt2",),
-            scaling_models=("random:tiny-gpt2",), scaling_pairs=(1, 2, 4), scaling_seq=(8, 16),
+            scaling_models=("random:tiny-gpt2",), scaling_sweep=None, scaling_pairs=(1, 2, 4),
+            scaling_seq=(8, 16),
             scaling_base=(2, 12), scaling_repeats=1, peer_models=("random:tiny-gpt2",),
             peer_batch=(2, 8), peer_repeats=1,
         )  # fmt: skip

@@ -98,8 +98,10 @@ def scaling_part(config: BenchConfig, say: Say) -> dict[str, Any]:
 
     say("scaling: " + ", ".join(config.scaling_models))
     models = {spec: load_spec(spec) for spec in config.scaling_models}
+    if config.scaling_sweep is not None and config.scaling_sweep not in models:
+        models[config.scaling_sweep] = load_spec(config.scaling_sweep)
     return scaling(models, list(config.scaling_pairs), list(config.scaling_seq),
-                   config.scaling_base, config.scaling_repeats)  # fmt: skip
+                   config.scaling_base, config.scaling_repeats, config.scaling_sweep)  # fmt: skip
 
 
 def peer_part(config: BenchConfig, say: Say) -> dict[str, Any]:

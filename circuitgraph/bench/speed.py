@@ -261,19 +261,22 @@ def _atp_seconds(model: Any, pairs: PromptPairs, repeats: int) -> float:
 
 def scaling(
     models: dict[str, tuple[Any, Any]], pairs_grid: list[int], seq_grid: list[int], base: tuple[int, int],
-    repeats: int,
+    repeats: int, sweep: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """AtP* time against the number of pairs, the sequence length and the model size.
 
-    ``models`` maps a label to (model, info), smallest first; the first is used for the pair
-    and length sweeps; ``base`` = (pairs, seq) is the batch held fixed in the other sweeps.
-    The pair sweep gets a straight-line fit (the claim: linear in pairs).
+    ``models`` maps a label to (model, info), smallest first; the one labelled ``sweep``
+    (default: the first) is used for the pair and length sweeps, ``base`` = (pairs, seq)
+    is the batch held fixed in the other sweeps. The pair sweep gets a straight-line fit
+    (the claim: linear in pairs); on a model too small for the work per pair to outweigh
+    fixed per-call costs, that fit measures noise.
 
     Example:
         >>> s = scaling({"tiny": (model, info)}, [2, 4, 8], [8, 16], (4, 16), 2)  # doctest: +SKIP
         >>> s["pairs"]["fit"]["r2"] > 0.95  # doctest: +SKIP
     """
-    label, (model, info) = next(iter(models.items()))
+    label = sweep if sweep is not None else next(iter(models))
+    model, info = models[label]
     n0, t0 = base
     by_pairs = [_atp_seconds(model, random_pairs(info.d_vocab, n, t0), repeats) for n in pairs_grid]
     by_seq = [_atp_seconds(model, random_pairs(info.d_vocab, n0, t), repeats) for t in seq_grid]
