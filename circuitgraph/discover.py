@@ -29,7 +29,7 @@ from circuitgraph.errors import ConfigError
 from circuitgraph.graph import build_circuit, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
-from circuitgraph.patching import CircuitEval, evaluate_circuit, patch_edges
+from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_curve, patch_edges
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.pairs import PromptPairs
 
@@ -150,10 +150,7 @@ def discover_circuit(
     with _timed(t, "faithfulness"):
         faith = evaluate_circuit(model, pairs, kept, c.metric, c.batch_size)
         sizes = sorted({s for s in c.curve_sizes if s <= len(edges)} | {len(kept)})
-        curve = [
-            (s, evaluate_circuit(model, pairs, edges.top_k(s), c.metric, c.batch_size).faithfulness)
-            for s in sizes
-        ]
+        curve = faithfulness_curve(model, pairs, edges, sizes, c.metric, c.batch_size)
     circuit.graph.update(
         faithfulness=faith.faithfulness, faithfulness_curve=[list(p) for p in curve],
         metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
@@ -208,12 +205,11 @@ def _verified(v: Verification | None) -> dict[Node | str, float]:
 def circuit_edges(circuit: nx.DiGraph) -> list[Edge]:
     """The scored (non-internal) edges of a circuit graph.
 
-        Example:
-            >>> import networkx as nx
-    import torch
-            >>> g = nx.DiGraph(); g.add_edge("input", "a0.h1<q>", internal=False)
-            >>> [e.id for e in circuit_edges(g)]
-            ['input->a0.h1<q>']
+    Example:
+        >>> import networkx as nx
+        >>> g = nx.DiGraph(); g.add_edge("input", "a0.h1<q>", internal=False)
+        >>> [e.id for e in circuit_edges(g)]
+        ['input->a0.h1<q>']
     """
     return [
         Edge.parse(f"{u}->{v}") for u, v, d in circuit.edges(data=True) if not d.get("internal")

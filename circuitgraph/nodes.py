@@ -164,7 +164,6 @@ class hooks:
     """Hook-point names of a ``TransformerBridge``, by role."""
 
     embed = "hook_embed"
-    pos_embed = "hook_pos_embed"
 
     @staticmethod
     def resid_pre(layer: int) -> str:
@@ -173,10 +172,6 @@ class hooks:
     @staticmethod
     def resid_mid(layer: int) -> str:
         return f"blocks.{layer}.hook_resid_mid"
-
-    @staticmethod
-    def resid_post(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_post"
 
     @staticmethod
     def z(layer: int) -> str:
@@ -229,16 +224,6 @@ class hooks:
     @staticmethod
     def mlp_post(layer: int) -> str:
         return f"blocks.{layer}.mlp.hook_post"
-
-    @staticmethod
-    def ln1_scale(layer: int) -> str:
-        return f"blocks.{layer}.ln1.hook_scale"
-
-    @staticmethod
-    def ln2_scale(layer: int) -> str:
-        return f"blocks.{layer}.ln2.hook_scale"
-
-    ln_final_scale = "ln_final.hook_scale"
 
     @staticmethod
     def ln2_out(layer: int) -> str:

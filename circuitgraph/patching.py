@@ -553,13 +553,21 @@ def evaluate_circuit(
     info = model_info(model)
     sources, targets = edge_sources(info), edge_targets(info)
     keep = _circuit_mask(sources, targets, set(edges))
+    patched = _feeds(sources, targets) & ~keep
     weights = attn_weights(model)
+    names = sorted({source_hook(s) for s in sources})
     pairs = pairs.to(_model_device(model))
     sums = torch.zeros(3, dtype=torch.float64)
     for batch in pairs.batches(batch_size):
         ctx = base_run(model, batch, metric, "noising")
-        corrupt_vals, _ = _no_grad_metric(model, batch.corrupt, ctx)
-        circuit_vals = _circuit_run(model, ctx, sources, targets, keep, weights)
+        corrupt: dict[str, Tensor] = {}  # the corrupt run's source activations, kept as it runs
+        with torch.no_grad():
+            corrupt_vals, _ = run_metric(
+                model, batch.corrupt, batch, metric, ctx.reference,
+                [(n, _record(corrupt, n)) for n in names],
+            )  # fmt: skip
+        corrupt_out = source_outputs(corrupt, sources, weights)
+        circuit_vals = _circuit_run(model, ctx, sources, targets, patched, corrupt_out, weights)
         for i, v in enumerate((circuit_vals, ctx.base_metric, corrupt_vals)):
             sums[i] += v.double().sum().cpu()
     means = (sums / len(pairs)).tolist()
@@ -600,9 +608,9 @@ def _circuit_mask(sources: list[Node], targets: list[Node], edges: set[Edge]) ->
     return keep
 
 
-def _no_grad_metric(model: Any, tokens: Tensor, ctx: RunContext) -> tuple[Tensor, Tensor]:
-    with torch.no_grad():
-        return run_metric(model, tokens, ctx.batch, ctx.metric, ctx.reference)
+def _feeds(sources: list[Node], targets: list[Node]) -> Tensor:
+    """[S, V] bool: True where the source can feed the target (the edge exists)."""
+    return torch.tensor([[can_feed(s, t) for t in targets] for s in sources], dtype=torch.bool)
 
 
 def _circuit_run(
@@ -610,14 +618,14 @@ def _circuit_run(
     ctx: RunContext,
     sources: list[Node],
     targets: list[Node],
-    keep: Tensor,
+    patched: Tensor,
+    corrupt_out: Float[Tensor, "b t s d"],
     weights: AttnWeights,
 ) -> Float[Tensor, " b"]:
-    """The clean run with every non-circuit edge's source seen as corrupt by its target."""
+    """The clean run with every non-circuit edge's source seen as corrupt by its target:
+    ``patched`` [S, V] marks those edges, ``corrupt_out`` holds the sources' corrupt outputs."""
     names = sorted({source_hook(s) for s in sources})
-    corrupt_out = source_outputs(_capture(model, ctx.batch.corrupt, names), sources, weights)
-    valid = torch.tensor([[can_feed(s, t) for t in targets] for s in sources])
-    patched = (valid & ~keep).to(corrupt_out.device, corrupt_out.dtype)  # [S, V]
+    patched = patched.to(corrupt_out.device, corrupt_out.dtype)
     live: dict[str, Tensor] = {}
     gap = torch.zeros_like(corrupt_out)  # out(corrupt) − out(this run), filled as sources run
 

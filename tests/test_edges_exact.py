@@ -127,3 +127,18 @@ def test_circuit_of_one_edge_equals_patching_all_but_that_edge(tiny_gpt2):
         without = evaluate_circuit(model, pairs, [x for x in everything if x != e])
         exact = patch_edges(model, pairs, [e])[e][0]
         assert without.metric_circuit - without.metric_clean == pytest.approx(exact, abs=1e-5)
+
+
+def test_faithfulness_curve_is_the_circuit_faithfulness_of_each_top_n(tiny_gpt2):
+    from circuitgraph.attribution.edges import attribute_edges
+    from circuitgraph.patching import faithfulness_curve
+
+    model, _ = tiny_gpt2
+    pairs = random_pairs(4)
+    scores = attribute_edges(model, pairs, "logit_diff", "eap")
+    curve = faithfulness_curve(model, pairs, scores, [0, 5, len(scores.edges())])
+    assert [n for n, _ in curve] == [0, 5, len(scores.edges())]
+    assert curve[0][1] == pytest.approx(0.0, abs=1e-5)
+    assert curve[-1][1] == pytest.approx(1.0, abs=1e-5)
+    five = evaluate_circuit(model, pairs, scores.top_k(5)).faithfulness
+    assert curve[1][1] == pytest.approx(five, abs=1e-9)

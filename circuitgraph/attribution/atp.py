@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -219,6 +219,13 @@ class BatchRun:
     leaf: Tensor
     grad_store: dict[str, Tensor]
     dropper: _Dropper
+    _deltas: dict[str, Tensor] = field(default_factory=dict)
+
+    def delta(self, key: str) -> Tensor:
+        """noise − clean at a hook, made once per batch (GradDrop reads it once per cut)."""
+        if key not in self._deltas:
+            self._deltas[key] = self.noise[key] - self.clean[key]
+        return self._deltas[key]
 
     def grads(self, drop: int | None = None) -> dict[str, Tensor]:
         self.grad_store.clear()
@@ -463,8 +470,7 @@ def node_effects(
                 continue  # no gradient reached this layer: no effect
             per_pos, whole = qk.effects(site, grads)
         elif site.key in grads:
-            delta = run.noise[site.key] - run.clean[site.key]
-            per_pos, whole = dot_effects(site.kind, delta, grads[site.key])
+            per_pos, whole = dot_effects(site.kind, run.delta(site.key), grads[site.key])
         else:
             continue
         gather(site, out, per_pos, whole)

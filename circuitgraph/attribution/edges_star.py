@@ -112,8 +112,9 @@ def edge_atp_star(
         [info.n_layers if t.kind == "logits" else max(info.n_layers - 1, 1) for t in cands.targets]
     )
     valid = cands.valid
-    signed = signed / len(pairs) * valid
-    score = dropped / (len(pairs) * norm) * valid
+    # where, not a product, as in eap: an overflowed non-edge must not become NaN
+    signed = torch.where(valid, signed / len(pairs), 0.0)
+    score = torch.where(valid, dropped / (len(pairs) * norm), 0.0)
     return EdgeScores(
         cands.sources, cands.targets, signed, score, valid.clone(), "atp*", metric.name,
         len(pairs), forward_passes=2.0, backward_passes=1.0 + len(drops),

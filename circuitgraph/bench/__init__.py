@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 __all__ = ["PARTS", "BenchConfig", "default_models", "machine", "run_bench"]
@@ -61,7 +61,6 @@ class BenchConfig:
     device: str = "cpu"  # where the speed and memory parts run; the others stay on the CPU
     parts: tuple[str, ...] = PARTS
     recall_kinds: tuple[str, ...] = ("heads", "neurons")
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> BenchConfig:

@@ -29,7 +29,6 @@ __all__ = [
     "interleaved_min",
     "load_spec",
     "random_dir",
-    "random_gpt2",
     "random_model",
     "random_pairs",
 ]
@@ -107,9 +106,6 @@ def random_model(shape: str, seed: int = 0, device: str = "cpu") -> tuple[Any, A
         2
     """
     return load_model(random_dir(shape, seed), device=device)
-
-
-random_gpt2 = random_model  # the old name, kept for the scripts
 
 
 def load_spec(spec: str, device: str = "cpu") -> tuple[Any, Any]:

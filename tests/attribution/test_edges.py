@@ -36,6 +36,18 @@ def test_eap_equals_exact_for_targets_linear_in_their_input(linear_attn):
     assert max(abs(exact[e][0]) for e in into_logits) > 1e-2
 
 
+def test_eap_ig_equals_exact_for_targets_linear_in_their_input(linear_attn):
+    # As above: ∂L/∂in_logits is the same at every point of the path, so EAP-IG is exact too.
+    model, info = linear_attn
+    pairs = mixed_pairs(5)
+    cands = EdgeSet.full(info)
+    ig = attribute_edges(model, pairs, "logit_diff", "eap-ig", cands, batch_size=2, steps=3)
+    into_logits = [e for e in cands.edges() if e.dst.kind == "logits"]
+    exact = patch_edges(model, pairs, into_logits, "logit_diff")
+    for e in into_logits:
+        assert ig[e][0] == pytest.approx(exact[e][0], abs=1e-8), e.id
+
+
 def test_eap_matches_exact_for_a_vanishing_perturbation(twin_gpt2):
     # corrupt tokens are clean tokens' twins (embeddings 1e-7 apart): every edge is linear
     # to first order, so EAP / exact -> 1 for all edge kinds, q/k/v/mlp/logits targets alike.
