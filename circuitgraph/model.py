@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from circuitgraph.errors import ModelLoadError, ModelStateError
+from circuitgraph.errors import ConfigError, ModelLoadError, ModelStateError
 from circuitgraph.zoo.native import boot_native_dir, is_native_dir
 
-__all__ = ["ModelInfo", "load_model", "model_info", "require_eval"]
+__all__ = ["ModelInfo", "load_model", "model_info", "require_eval", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,27 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return table[dtype]
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for (None: CUDA when available, else CPU); one that torch does not
+    know, or a GPU this machine lacks, is a :class:`ConfigError`.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"expected a torch device such as 'cpu' or 'cuda' but got {device!r}"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asks for a GPU but torch sees no CUDA device here")
+    return resolved
+
+
 def load_model(
     spec: str,
     device: str | torch.device | None = None,
@@ -166,8 +187,7 @@ def load_model(
 
     path, name = _resolve_spec(spec)
     torch_dtype = _parse_dtype(dtype) or torch.float32
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     try:
         with _quiet_loading():
             if is_native_dir(path):  # TL-native (the attention-only zoo model); see zoo/native.py

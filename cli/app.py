@@ -483,11 +483,12 @@ def bench(
 
     from circuitgraph.bench import BenchConfig, run_bench
     from circuitgraph.bench.report import plots, table
+    from circuitgraph.model import resolve_device
 
     with user_errors():
         if threads < 1:
             raise ConfigError(f"expected --threads of at least 1 but got {threads}")
-        on_gpu = _device_type(device) != "cpu"
+        on_gpu = resolve_device(device).type != "cpu"
         config = BenchConfig.gpu(device) if on_gpu and not quick else BenchConfig()
         if quick:
             config = replace(BenchConfig.quick(), device=device)
@@ -509,21 +510,6 @@ def bench(
         for name, data in pictures.items():
             write(folder / name, data)
         typer.echo(f"-> {folder}/ (bench.json{''.join(', ' + n for n in pictures)})")
-
-
-def _device_type(device: str) -> str:
-    """``cpu``, ``cuda``, ...; a device torch does not know or cannot reach is a user error."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ConfigError(
-            f"expected a torch device such as 'cpu' or 'cuda' but got {device!r}"
-        ) from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asks for a GPU but torch sees no CUDA device here")
-    return kind
 
 
 def main() -> None:

@@ -56,3 +56,13 @@ def test_unknown_command_is_a_usage_error_without_traceback():
     out = subprocess.run([exe, "frobnicate"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "frobnicate" in out.stderr
+
+
+def test_a_device_torch_does_not_know_is_one_line_not_a_traceback():
+    exe = shutil.which("circuitgraph") or str(
+        __import__("pathlib").Path(sys.executable).parent / "circuitgraph"
+    )
+    args = [exe, "nodes", "--device", "bogus", "--n-pairs", "2", "--quiet"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "'bogus'" in out.stderr
