@@ -11,7 +11,7 @@ from circuitgraph.zoo.train import main
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["attn-only-2l"])
+@pytest.mark.parametrize("name", ["attn-only-2l", "gpt2-4l", "llama-gqa-4l"])
 def test_retraining_reproduces_the_card(tmp_path, name):
     card = json.loads((model_path(name) / "zoo.json").read_text())
     args = ["--model", name, "--seed", str(card["seed"]), "--threads", str(card["threads"])]
