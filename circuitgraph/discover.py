@@ -21,9 +21,14 @@ from typing import Any
 import networkx as nx
 import torch
 
-from circuitgraph.attribution import attribute_nodes, diagnose, verify_nodes
+from circuitgraph.attribution import (
+    attribute_edges,
+    attribute_nodes,
+    diagnose,
+    edge_candidates,
+    verify_nodes,
+)
 from circuitgraph.attribution.diagnostics import Diagnosis
-from circuitgraph.attribution.edges import attribute_edges, edge_candidates
 from circuitgraph.attribution.verify import Verification
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import build_circuit, model_attrs

@@ -238,8 +238,7 @@ def edges(
     json: Json = False,
 ) -> None:
     """Score edges (all, or among the top screened nodes); write edges.json and edges.csv."""
-    from circuitgraph.attribution import attribute_nodes
-    from circuitgraph.attribution.edges import attribute_edges, edge_candidates
+    from circuitgraph.attribution import attribute_edges, attribute_nodes, edge_candidates
 
     show = Output(quiet, json)
     with user_errors():
