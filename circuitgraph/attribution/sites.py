@@ -60,8 +60,10 @@ def site_key(node: Node, qk_fix: bool) -> str:
     """Where a node's effect is read: its hook, or its layer's QK fix.
 
     Example:
-        >>> site_key(Node("q", 2, 1), qk_fix=True), site_key(Node("q", 2, 1), qk_fix=False)
-        ('qk:q:2', 'blocks.2.attn.hook_q')
+        >>> site_key(Node("q", 2, 1), qk_fix=True)
+        'qk:q:2'
+        >>> site_key(Node("q", 2, 1), qk_fix=False) == hook_site(Node("q", 2, 1)).name
+        True
     """
     if qk_fix and node.kind in ("q", "k"):
         return f"qk:{node.kind}:{node.layer}"
