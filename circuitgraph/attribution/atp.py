@@ -87,14 +87,14 @@ def run_atp(
             return plain, None
         return plain, graddrop.abs_sum(run, plain, sites, drops, nodes, info.n_layers, qk)
 
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         work = batch if opts.mode == "noising" else batch.swapped()
         plain, dropped = clean_run(model, work, metric, plan, opts.mode, body)
         signed += plain.sum(0).double().cpu()
         if dropped is not None:
             gd += dropped.sum(0).double().cpu()
         opts.advance(len(batch))
-    signed /= len(pairs)
+    signed, gd = opts.reduce(signed) / len(pairs), opts.reduce(gd)
     score = graddrop.score(gd, len(pairs), info.n_layers) if variant.graddrop else signed.abs()
     return NodeScores(
         tuple(nodes), signed, score, variant.name, metric.name, len(pairs),

@@ -76,11 +76,11 @@ def _integrated(
 ) -> EdgeScores:
     weights = attn_weights(model)
     total = torch.zeros(len(cands.sources), len(cands.targets), dtype=torch.float64)
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         total += _integrated_batch(model, batch, cands, metric, steps, opts.mode, weights).cpu()
         opts.advance(len(batch))
     # where, not a product: an overflowed product of a non-edge must not become NaN
-    signed = torch.where(cands.valid, total / len(pairs), 0.0)
+    signed = torch.where(cands.valid, opts.reduce(total) / len(pairs), 0.0)
     return EdgeScores(
         cands.sources, cands.targets, signed, signed.abs(), cands.valid.clone(), method,
         metric.name, len(pairs), forward_passes=2.0 + steps, backward_passes=float(steps),
