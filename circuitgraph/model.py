@@ -200,6 +200,7 @@ def load_model(
     spec: str,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    hf_model: Any = None,
 ) -> tuple[Any, ModelInfo]:
     """Load a model as a ``TransformerBridge`` in eval mode, plus its :class:`ModelInfo`.
 
@@ -207,6 +208,9 @@ def load_model(
         spec: ``zoo:NAME``, a local Hugging Face directory, or a hub name.
         device: where to put it; defaults to CUDA when available, else CPU.
         dtype: ``float32`` (default), ``bfloat16``, ... or a ``torch.dtype``.
+        hf_model: an already-built Hugging Face model of the directory's config (its weights
+            are used instead of loading any; the bench builds large random models this way,
+            directly on the GPU).
 
     Example:
         >>> model, info = load_model("zoo:attn-only-2l")  # doctest: +SKIP
@@ -224,7 +228,7 @@ def load_model(
                 bridge = boot_native_dir(path, device=str(device), dtype=torch_dtype)
             else:
                 bridge = TransformerBridge.boot_transformers(
-                    path, device=str(device), dtype=torch_dtype
+                    path, device=str(device), dtype=torch_dtype, hf_model=hf_model
                 )
     except (OSError, ValueError) as err:
         if Path(path).exists():
