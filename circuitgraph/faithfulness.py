@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     """
     out = tuple(float(f) for f in fractions)
     ok = len(out) >= 2 and all(0 < f <= 1 for f in out)
-    if not ok or any(b <= a for a, b in zip(out, out[1:], strict=False)):
+    if not ok or any(b <= a for a, b in itertools.pairwise(out)):
         raise ConfigError(
             f"expected at least two increasing edge fractions in (0, 1] but got {list(out)}; "
             "pass e.g. 0.001,0.01,0.1,1"
@@ -218,7 +219,9 @@ def ranked_edges(
     return sorted(order, key=lambda e: -key(e))  # stable: ties keep the order above
 
 
-def _rows(scores: EdgeScores | Sequence[tuple[Edge, float, float]]) -> list[tuple[Edge, float, float]]:
+def _rows(
+    scores: EdgeScores | Sequence[tuple[Edge, float, float]],
+) -> list[tuple[Edge, float, float]]:
     if isinstance(scores, EdgeScores):
         return [(e, *scores[e]) for e in scores.ranking()]
     return [(e, float(s), float(a)) for e, s, a in scores]

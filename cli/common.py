@@ -92,6 +92,25 @@ def check_names(
         get_estimator(edge_method, "edge")
 
 
+def edge_fractions(text: str | None) -> tuple[float, ...]:
+    """``--edge-fractions``: MIB's grid by default, ``none`` for no CPR/CMD, else a
+    comma-separated list of fractions of the model's edges."""
+    from circuitgraph.faithfulness import MIB_FRACTIONS, check_fractions
+
+    if text is None:
+        return MIB_FRACTIONS
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"expected --edge-fractions as comma-separated numbers (e.g. 0.01,0.1,1) or 'none' "
+            f"but got {text!r}"
+        ) from None
+    return check_fractions(values)
+
+
 def load(model_spec: str, device: str | None, dtype: str | None) -> tuple[Any, Any]:
     from circuitgraph.model import load_model
 
