@@ -593,7 +593,7 @@ def bench(
         try:
             pictures = plots(results)
         except ImportError:
-            typer.echo("matplotlib is not installed: no plots (pip install circuitgraph[bench])")
+            typer.echo("matplotlib is not installed: no plots (pip install matplotlib)")
             pictures = {}
         for name, data in pictures.items():
             write(folder / name, data)
