@@ -56,7 +56,14 @@ _EXPORTS: dict[str, str] = {
     "patch_nodes": "circuitgraph.patching",
     "patch_edges": "circuitgraph.patching",
     "evaluate_circuit": "circuitgraph.patching",
+    "evaluate_circuits": "circuitgraph.patching",
     "faithfulness_curve": "circuitgraph.patching",
+    # MIB's integrated faithfulness scores
+    "MIB_FRACTIONS": "circuitgraph.faithfulness",
+    "MIBScores": "circuitgraph.faithfulness",
+    "cmd": "circuitgraph.faithfulness",
+    "cpr": "circuitgraph.faithfulness",
+    "mib_scores": "circuitgraph.faithfulness",
     # attribution
     "attribute_nodes": "circuitgraph.attribution",
     "attribute_edges": "circuitgraph.attribution",
@@ -76,6 +83,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "MIB_FRACTIONS",
     "CircuitGraphError",
     "ConfigError",
     "DataError",
@@ -84,6 +92,7 @@ __all__ = [
     "Edge",
     "EdgeScores",
     "ExportError",
+    "MIBScores",
     "MetricError",
     "ModelInfo",
     "ModelLoadError",
@@ -97,17 +106,21 @@ __all__ = [
     "attribute_nodes",
     "build_circuit",
     "circuit_edges",
+    "cmd",
+    "cpr",
     "diagnose",
     "discover",
     "edge_candidates",
     "enumerate_nodes",
     "evaluate_circuit",
+    "evaluate_circuits",
     "faithfulness_curve",
     "get_metric",
     "load_model",
     "load_pairs",
     "make_pairs",
     "method_names",
+    "mib_scores",
     "patch_edges",
     "patch_nodes",
     "read",
@@ -135,10 +148,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
         ModelStateError,
     )
     from circuitgraph.export import read, write
+    from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, cmd, cpr, mib_scores
     from circuitgraph.graph import build_circuit, circuit_edges
     from circuitgraph.model import ModelInfo, load_model
     from circuitgraph.nodes import Edge, Node, enumerate_nodes
-    from circuitgraph.patching import evaluate_circuit, faithfulness_curve, patch_edges, patch_nodes
+    from circuitgraph.patching import (
+        evaluate_circuit,
+        evaluate_circuits,
+        faithfulness_curve,
+        patch_edges,
+        patch_nodes,
+    )
     from circuitgraph.pipeline import DiscoverConfig, Discovery, discover
     from circuitgraph.scores import EdgeScores, NodeScores
     from circuitgraph.tasks import (

@@ -31,6 +31,7 @@ from circuitgraph.attribution import (
 from circuitgraph.attribution.diagnostics import Diagnosis
 from circuitgraph.attribution.verify import Verification
 from circuitgraph.errors import ConfigError
+from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, check_fractions, mib_scores
 from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
@@ -62,6 +63,8 @@ class DiscoverConfig:
     edge_threshold: float | None = None
     edge_greedy: int | None = None
     curve_sizes: tuple[int, ...] = (5, 10, 20, 50, 100)
+    #: fractions of the model's edges for MIB's CPR/CMD (empty: skip them)
+    edge_fractions: tuple[float, ...] = MIB_FRACTIONS
     batch_size: int = 32
     seed: int = 0
 
@@ -76,6 +79,8 @@ class DiscoverConfig:
             )
         if self.keep_nodes < 1 or self.verify_k < 0:
             raise ConfigError("expected keep_nodes >= 1 and verify_k >= 0")
+        if self.edge_fractions:
+            check_fractions(self.edge_fractions)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Discovery:
     faithfulness: CircuitEval
     curve: list[tuple[int, float]]
     timings: dict[str, float] = field(default_factory=dict)
+    #: MIB's CPR and CMD over ``DiscoverConfig.edge_fractions`` (None when skipped)
+    mib: MIBScores | None = None
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -195,16 +202,42 @@ def discover_circuit(
         _add_exact_edges(model, pairs, circuit, kept, c, stages)
     with _timed(t, "faithfulness"):
         faith = evaluate_circuit(model, pairs, kept, c.metric, c.batch_size)
-        sizes = sorted({s for s in c.curve_sizes if s <= len(edges)} | {len(kept)})
-        curve = faithfulness_curve(model, pairs, edges, sizes, c.metric, c.batch_size)
+        mib, curve = _curves(model, pairs, edges, circuit, c, stages)
     circuit.graph.update(
         faithfulness=faith.faithfulness, faithfulness_curve=[list(p) for p in curve],
         metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
         metric_circuit=faith.metric_circuit,
         diagnostic_bound=None if diagnosis is None else diagnosis.bound,
         diagnostic_confidence=None if diagnosis is None else diagnosis.confidence,
+        mib=None if mib is None else mib.to_json(),
     )  # fmt: skip
-    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t)
+    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib)
+
+
+def _curves(
+    model: Any,
+    pairs: PromptPairs,
+    edges: EdgeScores,
+    circuit: nx.DiGraph,
+    c: DiscoverConfig,
+    stages: Stages,
+) -> tuple[MIBScores | None, list[tuple[int, float]]]:
+    """The faithfulness curve of the ranking by |score| at ``curve_sizes``, the circuit's own
+    prefix and MIB's grid, and CPR/CMD on that grid (one set of shared clean/corrupt runs)."""
+    sizes = [s for s in c.curve_sizes if s <= len(edges)]
+    selection = circuit.graph["selection"]
+    if selection["rule"] != "greedy":  # a greedy circuit is not a prefix of the ranking
+        sizes.append(selection["selected"])
+    progress = stages("faithfulness curves", 0)
+    if not c.edge_fractions:
+        sizes = sorted(set(sizes))
+        return None, faithfulness_curve(
+            model, pairs, edges, sizes, c.metric, c.batch_size, progress
+        )
+    return mib_scores(
+        model, pairs, edges, c.metric, c.edge_fractions, c.batch_size,
+        extra_sizes=sizes, progress=progress,
+    )  # fmt: skip
 
 
 def _diagnose(

@@ -104,6 +104,25 @@ def lead() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def edge_fractions(text: str | None) -> tuple[float, ...]:
+    """``--edge-fractions``: MIB's grid by default, ``none`` for no CPR/CMD, else a
+    comma-separated list of fractions of the model's edges."""
+    from circuitgraph.faithfulness import MIB_FRACTIONS, check_fractions
+
+    if text is None:
+        return MIB_FRACTIONS
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"expected --edge-fractions as comma-separated numbers (e.g. 0.01,0.1,1) or 'none' "
+            f"but got {text!r}"
+        ) from None
+    return check_fractions(values)
+
+
 def load(model_spec: str, device: str | None, dtype: str | None) -> tuple[Any, Any]:
     """Load the model; under ``torchrun`` first join the process group, each process on its
     own GPU (``cuda:LOCAL_RANK``) with NCCL, or on the CPU with gloo."""

@@ -2,7 +2,8 @@
 
 The format comes from ``format=`` or the file name: ``.json`` (our circuit JSON, exact round
 trip), ``.mib.json`` (the EAP-IG / MIB circuit JSON), ``.node-link.json``, ``.graphml``,
-``.dot``, and ``.svg`` / ``.png`` / ``.pdf`` (drawn with Graphviz ``dot``). :func:`read`
+``.dot``, ``.html`` (the interactive viewer, self-contained) and ``.svg`` / ``.png`` /
+``.pdf`` (drawn with Graphviz ``dot``). :func:`read`
 recognises a JSON file by its content, so a circuit written by EAP-IG reads like ours.
 Everything is written atomically; writers raise :class:`~circuitgraph.errors.ExportError`,
 readers :class:`~circuitgraph.errors.DataError`.
@@ -38,6 +39,7 @@ from circuitgraph.export.graphs import (
     write_json,
     write_node_link,
 )
+from circuitgraph.export.html import to_html, write_html
 from circuitgraph.export.mib import MIB_EXTRAS_KEY, from_mib, is_mib, read_mib, to_mib, write_mib
 
 __all__ = [
@@ -57,11 +59,13 @@ __all__ = [
     "read_node_link",
     "render",
     "to_dot",
+    "to_html",
     "to_json",
     "to_mib",
     "write",
     "write_dot",
     "write_graphml",
+    "write_html",
     "write_json",
     "write_mib",
     "write_node_link",
@@ -82,6 +86,7 @@ _WRITERS: dict[str, Callable[..., Path]] = {
     "node-link": write_node_link,
     "graphml": write_graphml,
     "dot": write_dot,
+    "html": write_html,
     "svg": _drawn("svg"),
     "png": _drawn("png"),
     "pdf": _drawn("pdf"),
@@ -97,6 +102,8 @@ _SUFFIXES = (
     (".graphml", "graphml"),
     (".dot", "dot"),
     (".gv", "dot"),
+    (".html", "html"),
+    (".htm", "html"),
     (".svg", "svg"),
     (".png", "png"),
     (".pdf", "pdf"),
@@ -108,6 +115,7 @@ SUFFIX: dict[str, str] = {
     "node-link": ".node-link.json",
     "graphml": ".graphml",
     "dot": ".dot",
+    "html": ".html",
     "svg": ".svg",
     "png": ".png",
     "pdf": ".pdf",
@@ -140,7 +148,8 @@ def write(G: nx.DiGraph, path: PathLike, format: str | None = None, **kwargs: An
 
     ``kwargs`` go to the format's writer (e.g. ``scores=`` an
     :class:`~circuitgraph.scores.EdgeScores` for MIB, so that every edge of the model carries
-    its score; ``title=`` for drawings).
+    its score, or for HTML, so that the size slider walks every attributed edge; ``title=``
+    for drawings and HTML).
 
     Example:
         >>> import tempfile, pathlib

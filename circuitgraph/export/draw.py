@@ -17,11 +17,12 @@ import networkx as nx
 
 from circuitgraph.errors import ExportError
 from circuitgraph.export.files import PathLike, atomic_write
+from circuitgraph.text import plural
 
 if TYPE_CHECKING:
     import graphviz
 
-__all__ = ["render", "to_dot", "write_dot"]
+__all__ = ["EDGE_COLORS", "NODE_COLORS", "render", "to_dot", "write_dot"]
 
 
 _FONT = "Helvetica"
@@ -36,6 +37,10 @@ _STYLE: dict[str, dict[str, str]] = {
     "mlp": {"fillcolor": "#b6e3b0", "shape": "box", "style": "filled"},
     "neuron": {"fillcolor": "#def2c8", "shape": "box", "style": "filled"},
 }
+#: fill colour of each node kind (the viewer shares the DOT picture's colours)
+NODE_COLORS: dict[str, str] = {kind: style["fillcolor"] for kind, style in _STYLE.items()}
+#: edge colours: positive / negative signed score, internal (no score)
+EDGE_COLORS: dict[str, str] = {"positive": _POSITIVE, "negative": _NEGATIVE, "internal": _INTERNAL}
 _LEGEND_ROWS = (
     ("input", "input", "embeddings"),
     ("head", "a3.h5", "attention head"),
@@ -213,7 +218,10 @@ def _label(G: nx.DiGraph, title: str | None, top: float) -> str:
     """The graph's HTML label: title, summary, warning and a one-row-per-topic legend."""
     a = G.graph
     head = title or " · ".join(str(a[k]) for k in ("task", "model") if a.get(k)) or "circuit"
-    parts = [f"{a.get('n_edges', 0)} edges", f"{a.get('n_nodes', G.number_of_nodes())} nodes"]
+    parts = [
+        plural(a.get("n_edges", 0), "edge"),
+        plural(a.get("n_nodes", G.number_of_nodes()), "node"),
+    ]
     if a.get("faithfulness") is not None:
         parts.append(f"faithfulness {float(a['faithfulness']):.3g}")
     parts += [f"{k.replace('_', ' ')} {a[k]}" for k in ("metric", "edge_method") if a.get(k)]

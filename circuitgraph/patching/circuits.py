@@ -19,13 +19,13 @@ from circuitgraph.errors import ConfigError
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node, can_feed, edge_sources, edge_targets
 from circuitgraph.patching.edges import check_edge
-from circuitgraph.run import RunContext, base_run, keep, resolve, run_metric
+from circuitgraph.run import Progress, RunContext, base_run, keep, resolve, run_metric
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
 from circuitgraph.weights import AttnWeights, attn_weights, shift_target, source_outputs
 
-__all__ = ["CircuitEval", "evaluate_circuit", "faithfulness_curve"]
+__all__ = ["CircuitEval", "evaluate_circuit", "evaluate_circuits", "faithfulness_curve"]
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,33 @@ def evaluate_circuit(
         >>> round(ev.faithfulness, 2)  # doctest: +SKIP
         0.93
     """
-    pairs, metric, opts = resolve(model, pairs, metric, batch_size)
+    return evaluate_circuits(model, pairs, [edges], metric, batch_size)[0]
+
+
+def evaluate_circuits(
+    model: Any,
+    pairs: PromptPairs,
+    circuits: Sequence[Iterable[Edge]],
+    metric: str | Metric = "logit_diff",
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> list[CircuitEval]:
+    """:func:`evaluate_circuit` for several circuits, sharing each batch's clean and corrupt
+    runs: 2 + len(circuits) forward passes per batch instead of 3 per circuit.
+
+    ``progress`` receives the pairs of each batch once per circuit run.
+
+    Example:
+        >>> small, large = evaluate_circuits(model, pairs, [ranked[:10], ranked[:100]])  # doctest: +SKIP
+    """
+    pairs, metric, opts = resolve(model, pairs, metric, batch_size, progress=progress)
     info = model_info(model)
     sources, targets = edge_sources(info), edge_targets(info)
-    inside = _circuit_mask(sources, targets, set(edges))
-    patched = _feeds(sources, targets) & ~inside
+    feeds = _feeds(sources, targets)
+    insides = [_circuit_mask(sources, targets, set(edges)) for edges in circuits]
     weights = attn_weights(model)
     names = sorted({source_hook(s) for s in sources})
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(len(insides) + 2, dtype=torch.float64)  # circuits..., clean, corrupt
     for batch in opts.batches(pairs):
         ctx = base_run(model, batch, metric, "noising")
         corrupt: dict[str, Tensor] = {}  # the corrupt run's source activations, kept as it runs
@@ -81,32 +100,43 @@ def evaluate_circuit(
                 [(n, keep(corrupt, n, detach=False)) for n in names],
             )  # fmt: skip
         corrupt_out = source_outputs(corrupt, sources, weights)
-        circuit_vals = _circuit_run(model, ctx, sources, targets, patched, corrupt_out, weights)
-        for i, v in enumerate((circuit_vals, ctx.base_metric, corrupt_vals)):
-            sums[i] += v.double().sum().cpu()
+        for i, inside in enumerate(insides):
+            values = _circuit_run(
+                model, ctx, sources, targets, feeds & ~inside, corrupt_out, weights
+            )
+            sums[i] += values.double().sum().cpu()
+            opts.advance(len(batch))
+        sums[-2] += ctx.base_metric.double().sum().cpu()
+        sums[-1] += corrupt_vals.double().sum().cpu()
     means = (opts.reduce(sums) / len(pairs)).tolist()
-    return CircuitEval(int(inside.sum()), means[0], means[1], means[2])
+    return [
+        CircuitEval(int(inside.sum()), means[i], means[-2], means[-1])
+        for i, inside in enumerate(insides)
+    ]
 
 
 def faithfulness_curve(
     model: Any,
     pairs: PromptPairs,
-    scores: EdgeScores,
+    scores: EdgeScores | Sequence[Edge],
     sizes: Sequence[int],
     metric: str | Metric = "logit_diff",
     batch_size: int = 32,
+    progress: Progress | None = None,
 ) -> list[tuple[int, float]]:
-    """F of the top-n edges by absolute score, for each n in ``sizes``.
+    """F of the top-n edges for each n in ``sizes``: of the ranking by absolute score when
+    ``scores`` is an :class:`~circuitgraph.scores.EdgeScores`, else of the ranked edge list
+    given. The clean and corrupt runs are shared by all sizes.
 
     Example:
         >>> faithfulness_curve(model, pairs, eap_scores, [10, 50, 200])  # doctest: +SKIP
         [(10, 0.41), (50, 0.83), (200, 0.97)]
     """
-    ranked = scores.ranking()
-    return [
-        (n, evaluate_circuit(model, pairs, ranked[:n], metric, batch_size).faithfulness)
-        for n in sizes
-    ]
+    ranked = scores.ranking() if isinstance(scores, EdgeScores) else list(scores)
+    evals = evaluate_circuits(
+        model, pairs, [ranked[:n] for n in sizes], metric, batch_size, progress
+    )
+    return [(n, ev.faithfulness) for n, ev in zip(sizes, evals, strict=True)]
 
 
 def _circuit_mask(sources: list[Node], targets: list[Node], edges: set[Edge]) -> Tensor:
