@@ -23,7 +23,7 @@ from typing import Any
 
 import networkx as nx
 
-from circuitgraph.errors import ConfigError, DataError
+from circuitgraph.errors import ConfigError, DataError, malformed
 from circuitgraph.export.draw import render, to_dot, write_dot
 from circuitgraph.export.files import PathLike, atomic_write, load_json
 from circuitgraph.export.graphs import (
@@ -169,7 +169,9 @@ def read(path: PathLike, format: str | None = None) -> nx.DiGraph:
     if fmt == "graphml":
         return read_graphml(path)
     if fmt in ("json", "mib", "node-link"):
-        return from_document(load_json(path, "circuit"), str(path))
+        data = load_json(path, "circuit")
+        with malformed("circuit JSON", str(path)):
+            return from_document(data, str(path))
     raise ConfigError(
         f"expected a circuit file (.json, .mib.json, .node-link.json or .graphml) to read but "
         f"got the {fmt} file {str(path)!r}; drawings cannot be read back"
