@@ -208,6 +208,8 @@ def load_model(
                 f"could not read the weights of {spec!r} ({_first_line(err)}); the file is "
                 "truncated or corrupt, so save or download the model again"
             ) from err
+        if Path(path).is_dir() and not _has_tokenizer_files(Path(path)):
+            raise _no_tokenizer(spec) from err
         if Path(path).exists():
             raise ModelLoadError(
                 f"could not load the model directory {spec!r}: {_first_line(err)}"
@@ -230,11 +232,22 @@ def _check_tokenizer(bridge: Any, spec: str) -> None:
     """
     tokenizer = getattr(bridge, "tokenizer", None)
     if tokenizer is None or not int(getattr(tokenizer, "vocab_size", 0) or 0):
-        raise ModelLoadError(
-            f"expected a tokenizer with the model {spec!r} but found none (no tokenizer.json or "
-            "vocabulary files next to its config.json); save one there with "
-            "tokenizer.save_pretrained(DIR)"
-        )
+        raise _no_tokenizer(spec)
+
+
+#: files of which a model directory with a tokenizer has at least one
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    return any((path / name).is_file() for name in _TOKENIZER_FILES) or any(path.glob("*.tiktoken"))
+
+
+def _no_tokenizer(spec: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"expected a tokenizer with the model {spec!r} but found none (no tokenizer.json or "
+        "vocabulary files next to its config); save one there with tokenizer.save_pretrained(DIR)"
+    )
 
 
 def _first_line(err: BaseException) -> str:

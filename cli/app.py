@@ -23,6 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rendering it with rich costs a quarter of a second at every --help.
+    rich_markup_mode=None,
     cls=guard.GuardedGroup,
 )
 
@@ -71,9 +73,9 @@ def _open_unit(value: float) -> float:
     return value
 
 
-def _finite(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"expected a finite number but got {value}")
+def _threshold(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value < math.inf:  # also refuses NaN
+        raise typer.BadParameter(f"expected a finite number >= 0 but got {value}")
     return value
 
 
@@ -117,7 +119,7 @@ def discover(
     ] = None,
     edge_threshold: Annotated[
         float | None,
-        typer.Option(min=0.0, callback=_finite, help="Keep edges with |score| >= this."),
+        typer.Option(callback=_threshold, help="Keep edges with |score| >= this."),
     ] = None,
     greedy: Annotated[
         int | None, typer.Option(min=1, help="Grow n edges from the logits backwards.")

@@ -71,9 +71,9 @@ def atomic_write(path: PathLike, data: str | bytes) -> Path:
         os.chmod(tmp, _file_mode(target))
         os.replace(tmp, target)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # if this fails too, remove_temp_files finishes it
             os.unlink(tmp)
-        _IN_FLIGHT.discard(tmp)
+            _IN_FLIGHT.discard(tmp)
         if isinstance(exc, OSError):
             raise _write_error(target, exc) from exc
         raise

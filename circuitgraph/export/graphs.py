@@ -232,7 +232,7 @@ def read_graphml(path: PathLike) -> nx.DiGraph:
     """
     try:
         raw = nx.read_graphml(path, node_type=str)
-    except (OSError, nx.NetworkXError, ValueError) as exc:
+    except (OSError, nx.NetworkXError, ValueError, SyntaxError) as exc:  # XML ParseError
         text = " ".join(str(exc).split())
         raise DataError(
             f"expected a GraphML file at {path} but could not read it ({text})"
