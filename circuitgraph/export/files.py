@@ -182,18 +182,24 @@ def finite_json(data: Any) -> tuple[Any, list[str]]:
     return clean, found
 
 
-def dumps(data: Any, indent: int | None = 1, default: Callable[[Any], Any] | None = None) -> str:
+def dumps(
+    data: Any,
+    indent: int | None = 1,
+    default: Callable[[Any], Any] | None = None,
+    annotate: bool = True,
+) -> str:
     """Strict JSON text (no NaN, no Infinity) ending in a newline.
 
     Non-finite numbers become null (:func:`finite_json`); a dict document then gets (or
-    extends) a ``warnings`` list saying which.
+    extends) a ``warnings`` list saying which (unless ``annotate=False``: a value encoded
+    inside another format, whose keys are not ours to add to).
 
     Example:
         >>> print(dumps({"f": float("nan")}, indent=None), end="")
         {"f": null, "warnings": ["f: NaN written as null"]}
     """
     clean, notes = finite_json(data)
-    if notes and isinstance(clean, dict):
+    if notes and annotate and isinstance(clean, dict):
         before = clean.get("warnings")
         before = before if isinstance(before, list) else ([] if before is None else [before])
         clean["warnings"] = [*before, *notes]

@@ -188,7 +188,7 @@ def _to_graphml_value(value: Any) -> Any:
         return value
     if isinstance(value, str) and not value.startswith(_JSON_TAG):
         return value
-    return _JSON_TAG + dumps(value, indent=None).rstrip("\n")
+    return _JSON_TAG + dumps(value, indent=None, annotate=False).rstrip("\n")
 
 
 def _from_graphml_value(value: Any) -> Any:
