@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import sys
 import threading
@@ -157,22 +158,34 @@ def boundary() -> Iterator[None]:
     with _signals(), _warnings_as_lines():
         try:
             yield
-        except typer.Exit as exc:
-            if exc.exit_code != EXIT_OK:
-                clean_up()
-            raise
-        except (ClickException, typer.Abort):
-            clean_up()
-            raise
         except BaseException as exc:  # this is the boundary: everything ends here
-            if isinstance(exc, (SystemExit, GeneratorExit)):
-                raise
-            clean_up()
-            text, code = sentence(exc)
-            if _ledger.debug and code == EXIT_ERROR:
-                raise
-            say_error(text)
-            raise typer.Exit(code) from None
+            with _signals_ignored():  # a second Ctrl-C must not cut the clean-up short
+                _fail(exc)
+
+
+def _fail(exc: BaseException) -> None:
+    """Clean up after ``exc``, then re-raise it (Click's own exits and usage errors, and
+    everything with --debug) or raise the exit that goes with its one printed line."""
+    if isinstance(exc, typer.Exit) and exc.exit_code == EXIT_OK:
+        raise exc
+    if isinstance(exc, (SystemExit, GeneratorExit)):
+        raise exc
+    clean_up()
+    if isinstance(exc, (typer.Exit, ClickException, typer.Abort)):
+        raise exc
+    text, code = sentence(exc)
+    if _ledger.debug and code == EXIT_ERROR:
+        raise exc
+    if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+        _silence_stdout()  # the reader is gone: no second error when Python flushes stdout
+    say_error(text)
+    raise typer.Exit(code) from None
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def sentence(exc: BaseException) -> tuple[str, int]:
@@ -210,6 +223,8 @@ def _os_sentence(exc: OSError) -> str:
         return f"could not write{where}: the disk is full; free some space or choose another --out"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied for{where or ' a file'} ({exc.strerror}); choose another path"
+    if exc.errno == errno.EPIPE:
+        return "the output pipe was closed before the command finished (broken pipe)"
     if exc.errno == errno.ENOENT:
         return f"no such file or folder:{where or ' (unnamed)'}; check the path"
     return f"{exc.strerror or _first_line(exc)}{':' + where if where else ''}; {DEBUG_HINT}"
@@ -221,20 +236,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def clean_up() -> None:
-    """Remove temporary files and the output folders this run created and left empty.
+    """Remove temporary files and the output folders this run created and left empty."""
+    from circuitgraph.export.files import remove_temp_files
 
-    Signals are ignored meanwhile, so that a second Ctrl-C cannot leave half the clean-up.
-    """
-    with _signals_ignored():
-        from circuitgraph.export.files import remove_temp_files
-
-        remove_temp_files()
-        for folder in _ledger.out_dirs:
-            with contextlib.suppress(OSError):
-                (folder / PROBE).unlink(missing_ok=True)
-        for folder in reversed(_ledger.created):  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds when empty
+    remove_temp_files()
+    for folder in _ledger.out_dirs:
+        with contextlib.suppress(OSError):
+            (folder / PROBE).unlink(missing_ok=True)
+    for folder in reversed(_ledger.created):  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
 
 
 # --------------------------------------------------------------------------------------

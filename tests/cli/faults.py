@@ -362,6 +362,10 @@ FAULTS: tuple[Fault, ...] = (
       "the device failed (CUDA error: an illegal memory access was encountered); run with "
       "--debug for the traceback",
       lambda c: ["nodes", *QUICK, "--out", str(c.out)], inject="cuda-error"),
+    F("broken-pipe", "stdout closed by the reader (`... --json | head -1`)",
+      "the output pipe was closed before the command finished (broken pipe)",
+      lambda c: ["nodes", *QUICK, "--json", "--out", str(c.out)], inject="broken-pipe",
+      kept=("nodes.json", "nodes.csv")),
     # ---- signals (a subprocess; the run pauses at the point named, then gets the signal) --
     *(
         F(f"sig{sig.lower()}-{at}", f"{'Ctrl-C (SIGINT)' if sig == 'INT' else 'SIGTERM'} "
@@ -517,7 +521,19 @@ def _pause_at(point: str, marker: Path | None) -> Iterator[None]:
         raise ValueError(f"unknown pause point {point!r}")
 
 
+@contextlib.contextmanager
+def _broken_pipe(arg: str, marker: Path | None) -> Iterator[None]:
+    from circuitgraph.cli import common
+
+    def result(self: Any, summary: Any, text: str) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    with _swap(common.Output, "result", result):
+        yield
+
+
 _PATCHES: dict[str, Callable[[str, Path | None], Any]] = {
+    "broken-pipe": _broken_pipe,
     "full-disk": _full_disk,
     "no-permission": _no_permission,
     "hub-offline": _hub_offline,
