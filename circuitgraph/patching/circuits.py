@@ -95,7 +95,7 @@ def evaluate_circuit(
     weights = attn_weights(model)
     names = sorted({source_hook(s) for s in sources})
     sums = torch.zeros(4, dtype=torch.float64)  # circuit, clean, corrupt, scale
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         ctx = base_run(model, batch, metric, "noising")
         corrupt: dict[str, Tensor] = {}  # the corrupt run's source activations, kept as it runs
         with torch.no_grad():
@@ -107,7 +107,7 @@ def evaluate_circuit(
         circuit_vals = _circuit_run(model, ctx, sources, targets, patched, corrupt_out, weights)
         sums[0] += circuit_vals.double().sum().cpu()
         sums[1:] += gap_sums(ctx.base_metric, corrupt_vals)
-    means = (sums / len(pairs)).tolist()
+    means = (opts.reduce(sums) / len(pairs)).tolist()
     result = CircuitEval(int(inside.sum()), *means)
     result.gap.warn()
     return result

@@ -166,7 +166,7 @@ FAULTS: tuple[Fault, ...] = (
       "expected a dtype among … but got 'float8'",
       lambda c: ["nodes", *QUICK, "--dtype", "float8", "--out", str(c.out)]),
     F("device-unknown", "unknown `--device`",
-      "expected a torch device such as 'cpu' or 'cuda' but got 'bogus'",
+      "expected a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps' but got 'bogus'",
       lambda c: ["nodes", *QUICK, "--device", "bogus", "--out", str(c.out)], shell=True),
     F("device-no-gpu", "`--device cuda` without a GPU",
       "device 'cuda' asks for a GPU but torch sees no CUDA device here",
