@@ -32,12 +32,14 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # errors
     "CircuitGraphError": "circuitgraph.errors",
+    "CircuitGraphWarning": "circuitgraph.errors",
     "ConfigError": "circuitgraph.errors",
     "DataError": "circuitgraph.errors",
     "ExportError": "circuitgraph.errors",
     "MetricError": "circuitgraph.errors",
     "ModelLoadError": "circuitgraph.errors",
     "ModelStateError": "circuitgraph.errors",
+    "ToolMissingError": "circuitgraph.errors",
     # models, nodes, data
     "ModelInfo": "circuitgraph.model",
     "load_model": "circuitgraph.model",
@@ -85,6 +87,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "MIB_FRACTIONS",
     "CircuitGraphError",
+    "CircuitGraphWarning",
     "ConfigError",
     "DataError",
     "DiscoverConfig",
@@ -101,6 +104,7 @@ __all__ = [
     "NodeScores",
     "PromptPairs",
     "TextPair",
+    "ToolMissingError",
     "__version__",
     "attribute_edges",
     "attribute_nodes",
@@ -140,12 +144,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     )
     from circuitgraph.errors import (
         CircuitGraphError,
+        CircuitGraphWarning,
         ConfigError,
         DataError,
         ExportError,
         MetricError,
         ModelLoadError,
         ModelStateError,
+        ToolMissingError,
     )
     from circuitgraph.export import read, write
     from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, cmd, cpr, mib_scores

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_curve, patch_edges
+from circuitgraph.run import metric_gap
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.pairs import PromptPairs
 
@@ -77,10 +79,30 @@ class DiscoverConfig:
                 "expected exactly one edge selection (top-n, threshold or greedy) but got "
                 f"{len(chosen)}; pass one of them"
             )
-        if self.keep_nodes < 1 or self.verify_k < 0:
-            raise ConfigError("expected keep_nodes >= 1 and verify_k >= 0")
+        for name, low in (("keep_nodes", 1), ("verify_k", 0), ("batch_size", 1)):
+            _at_least(name, getattr(self, name), low)
+        if self.diagnose_subsets != 0:
+            _at_least("diagnose_subsets (or 0 to skip the bound)", self.diagnose_subsets, 4)
+        for name in ("diagnose_p", "confidence"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:  # also refuses NaN
+                raise ConfigError(f"expected {name} strictly between 0 and 1 but got {value}")
+        if self.edge_top_n is not None:
+            _at_least("edge_top_n", self.edge_top_n, 1)
+        if self.edge_greedy is not None:
+            _at_least("edge_greedy", self.edge_greedy, 1)
+        if self.edge_threshold is not None and not 0.0 <= self.edge_threshold < math.inf:
+            raise ConfigError(
+                f"expected edge_threshold to be a finite number >= 0 (edges with |score| at least "
+                f"that) but got {self.edge_threshold}"
+            )
         if self.edge_fractions:
             check_fractions(self.edge_fractions)
+
+
+def _at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"expected {name} to be a whole number >= {low} but got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,10 @@ def discover_circuit(
     info = model_info(model)
     c, n = config, len(pairs)
     t: dict[str, float] = {}
+    with _timed(t, "check"):
+        # Degenerate pairs are refused and a vanishing clean − corrupt gap is warned about
+        # before any screening: two forward passes per pair, against minutes of work.
+        metric_gap(model, pairs, c.metric, c.batch_size).warn()
     with _timed(t, "screen"):
         nodes = attribute_nodes(
             model, pairs, c.metric, c.node_method, c.kinds, c.per_position, c.batch_size,

@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
-import sys
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from circuitgraph.errors import CircuitGraphError, ConfigError
+from circuitgraph.errors import ConfigError, ToolMissingError
 from circuitgraph.text import plural
 
-from . import common
+from . import common, guard
 from .common import DEFAULT_MODEL, Output, dumps, out_dir, user_errors, write
 from .report import manifest
 
+# Every command runs inside guard.GuardedGroup: one line and a documented exit code for every
+# failure (0 ok, 1 error, 2 usage, 130 SIGINT, 143 SIGTERM), nothing half-written left.
 app = typer.Typer(
     name="circuitgraph",
     help="Edge-level circuit discovery for transformer language models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rendering it with rich costs a quarter of a second at every --help.
+    rich_markup_mode=None,
+    cls=guard.GuardedGroup,
 )
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="CIRCUITGRAPH_DEBUG",
+            help="Show the traceback of an error instead of one line.",
+        ),
+    ] = False,
+) -> None:
+    """Edge-level circuit discovery for transformer language models."""
+
 
 # ---- shared options ----------------------------------------------------------------------
 Model = Annotated[
@@ -32,9 +52,9 @@ Task = Annotated[str | None, typer.Option(help="Built-in task (see `circuitgraph
 Data = Annotated[Path | None, typer.Option(help="JSONL or CSV of clean, corrupt, answer, wrong.")]
 MetricOpt = Annotated[str, typer.Option(help="logit_diff, logprob, prob or kl.")]
 NPairs = Annotated[
-    int, typer.Option("--n-pairs", help="Prompt pairs to generate (or read at most).")
+    int, typer.Option("--n-pairs", min=1, help="Prompt pairs to generate (or read at most).")
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Pairs per forward pass.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per forward pass.")]
 Device = Annotated[
     str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 ]
@@ -53,6 +73,19 @@ EdgeFractions = Annotated[
         "(default: MIB's 0.001,0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.5,1; 'none' skips them).",
     ),
 ]
+
+
+def _open_unit(value: float) -> float:
+    """A probability strictly between 0 and 1 (NaN refused), else a usage error."""
+    if not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"expected a number strictly between 0 and 1 but got {value}")
+    return value
+
+
+def _threshold(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value < math.inf:  # also refuses NaN
+        raise typer.BadParameter(f"expected a finite number >= 0 but got {value}")
+    return value
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -81,19 +114,24 @@ def discover(
     edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
     kinds: Kinds = "head,q,k,v,mlp",
     per_position: PerPosition = False,
-    keep_nodes: Annotated[int, typer.Option(help="Top nodes kept for edge attribution.")] = 20,
-    verify_k: Annotated[int, typer.Option(help="Top nodes verified by exact patching.")] = 10,
+    keep_nodes: Annotated[
+        int, typer.Option(min=1, help="Top nodes kept for edge attribution.")
+    ] = 20,
+    verify_k: Annotated[
+        int, typer.Option(min=0, help="Top nodes verified by exact patching.")
+    ] = 10,
     diagnose_subsets: Annotated[
-        int, typer.Option(help="Random subsets for the bound (0: skip).")
+        int, typer.Option(min=0, help="Random subsets for the bound (0: skip; else >= 4).")
     ] = 100,
     edge_top_n: Annotated[
-        int | None, typer.Option(help="Keep the n highest-scoring edges.")
+        int | None, typer.Option(min=1, help="Keep the n highest-scoring edges.")
     ] = None,
     edge_threshold: Annotated[
-        float | None, typer.Option(help="Keep edges with |score| >= this.")
+        float | None,
+        typer.Option(callback=_threshold, help="Keep edges with |score| >= this."),
     ] = None,
     greedy: Annotated[
-        int | None, typer.Option(help="Grow n edges from the logits backwards.")
+        int | None, typer.Option(min=1, help="Grow n edges from the logits backwards.")
     ] = None,
     fractions: EdgeFractions = None,
     out: Out = Path("circuitgraph-out"),
@@ -185,8 +223,11 @@ def _write_discovery(
         try:
             export.render(found.circuit, folder / f"circuit.{fmt}", format=fmt)
             written.append(f"circuit.{fmt}")
-        except CircuitGraphError as err:
+        except ToolMissingError as err:  # an expected skip; a full disk is an error
             show.say(f"note: {err}")
+            guard.note(
+                str(err), skipped=["circuit.svg", "circuit.png"][len(written) - len(files) :]
+            )
             break
     return written
 
@@ -210,7 +251,7 @@ def nodes(
     device: Device = None,
     dtype: Dtype = None,
     seed: Seed = 0,
-    top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
+    top: Annotated[int, typer.Option(min=0, help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
@@ -258,7 +299,7 @@ def edges(
     metric: MetricOpt = "logit_diff",
     method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
     keep_nodes: Annotated[
-        int | None, typer.Option(help="Screen nodes first and keep the top n.")
+        int | None, typer.Option(min=1, help="Screen nodes first and keep the top n.")
     ] = None,
     node_method: Annotated[str, typer.Option(help="Screening method for --keep-nodes.")] = "atp*",
     n_pairs: NPairs = 64,
@@ -266,7 +307,7 @@ def edges(
     device: Device = None,
     dtype: Dtype = None,
     seed: Seed = 0,
-    top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
+    top: Annotated[int, typer.Option(min=0, help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
@@ -432,10 +473,16 @@ def diagnose(
         str, typer.Option(help="Screening method whose top nodes count as verified.")
     ] = "atp*",
     kinds: Kinds = "head,q,k,v,mlp",
-    verified: Annotated[int, typer.Option(help="Top screened nodes taken as verified.")] = 10,
-    subsets: Annotated[int, typer.Option(help="Random subsets to patch.")] = 200,
-    p: Annotated[float, typer.Option(help="Probability of each node in a subset.")] = 0.25,
-    confidence: Annotated[float, typer.Option(help="Confidence of the bound.")] = 0.95,
+    verified: Annotated[
+        int, typer.Option(min=0, help="Top screened nodes taken as verified.")
+    ] = 10,
+    subsets: Annotated[int, typer.Option(min=4, help="Random subsets to patch.")] = 200,
+    p: Annotated[
+        float, typer.Option(callback=_open_unit, help="Probability of each node in a subset.")
+    ] = 0.25,
+    confidence: Annotated[
+        float, typer.Option(callback=_open_unit, help="Confidence of the bound.")
+    ] = 0.95,
     n_pairs: NPairs = 64,
     batch_size: BatchSize = 32,
     device: Device = None,
@@ -515,7 +562,7 @@ def export_circuit(
                 raise ConfigError(
                     f"expected --scores only with --format mib or html but got {format!r}"
                 )
-            extra["scores"] = EdgeScores.from_json(load_json(scores, "edge scores"))
+            extra["scores"] = EdgeScores.from_json(load_json(scores, "edge scores"), str(scores))
         export.write(g, target, format, **extra)
         show.result({"out": str(target), "format": format}, f"-> {target}")
 
@@ -559,7 +606,7 @@ def bench(
             "random:gpt2-small, random:llama-gqa-small)."
         ),
     ] = None,
-    threads: Annotated[int, typer.Option(help="Torch threads (1: CPU-time clock).")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads (1: CPU-time clock).")] = 1,
     device: Annotated[
         str,
         typer.Option(
@@ -606,11 +653,8 @@ def bench(
 def main() -> None:
     """Console-script entry point.
 
-    Typer reports usage errors itself (one line, exit status 2); a library error, which is
-    always a user mistake, becomes one line on stderr and exit status 1, never a traceback.
+    Every failure is one line on stderr and a documented exit status (0 ok, 1 error, 2
+    usage, 130 SIGINT, 143 SIGTERM), never a traceback unless ``--debug`` is given; see
+    ``cli/guard.py``.
     """
-    try:
-        app()
-    except CircuitGraphError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(1)
+    app()

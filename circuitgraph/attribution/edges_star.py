@@ -139,7 +139,7 @@ def _plan(
     if missing:
         raise ModelStateError(
             f"edge atp* needs the hooks {missing} but this model has none of that name; use "
-            "edge method 'eap' for it"
+            "the edge method 'eap' for it (discover --edge-method eap, edges --method eap)"
         )
     writes = residual_writes(drops, available)
     return Plan(tuple(sorted(both)), tuple(sorted(clean - both)), tuple(sorted(grads)), writes)
@@ -225,7 +225,8 @@ def _check_rotation(run: BatchRun, info: ModelInfo, layer: int, cos: Tensor, sin
     ):
         raise ModelStateError(
             f"edge atp* expects layer {layer}'s rotary embedding in the rotate-half convention "
-            "over the whole head, but this model's differs; use edge method 'eap' for it"
+            "over the whole head, but this model's differs; use the edge method 'eap' for it "
+            "(discover --edge-method eap, edges --method eap)"
         )
 
 

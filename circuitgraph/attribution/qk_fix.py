@@ -124,7 +124,7 @@ def fit_scale(
         raise ModelStateError(
             f"the QK fix expects layer {layer}'s attention scores to be scale·q·k plus a causal "
             "mask, but this model's attention differs (soft-capping, position bias or sinks?); "
-            "use method 'atp' or 'atp+graddrop' for it"
+            "use the node method 'atp' or 'atp+graddrop' for it (discover --node-method atp, nodes --method atp)"
         )
     return scale
 
@@ -328,7 +328,7 @@ class QKFix:
         if missing:
             raise ModelStateError(
                 f"the QK fix needs the hooks {missing} but this model has none of that name; "
-                "use method 'atp' or 'atp+graddrop' for it"
+                "use the node method 'atp' or 'atp+graddrop' for it (discover --node-method atp, nodes --method atp)"
             )
 
     def qk_names(self, layer: int) -> tuple[str, str]:

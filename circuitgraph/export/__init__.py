@@ -24,7 +24,7 @@ from typing import Any
 
 import networkx as nx
 
-from circuitgraph.errors import ConfigError, DataError
+from circuitgraph.errors import ConfigError, DataError, malformed
 from circuitgraph.export.draw import render, to_dot, write_dot
 from circuitgraph.export.files import PathLike, atomic_write, load_json
 from circuitgraph.export.graphs import (
@@ -41,6 +41,7 @@ from circuitgraph.export.graphs import (
 )
 from circuitgraph.export.html import to_html, write_html
 from circuitgraph.export.mib import MIB_EXTRAS_KEY, from_mib, is_mib, read_mib, to_mib, write_mib
+from circuitgraph.nodes import Node
 
 __all__ = [
     "FORMATS",
@@ -176,13 +177,28 @@ def read(path: PathLike, format: str | None = None) -> nx.DiGraph:
     """
     fmt = format or (format_of(path) if not str(path).lower().endswith(".json") else "json")
     if fmt == "graphml":
-        return read_graphml(path)
+        return _node_ids_checked(read_graphml(path), str(path))
     if fmt in ("json", "mib", "node-link"):
-        return from_document(load_json(path, "circuit"), str(path))
+        data = load_json(path, "circuit")
+        with malformed("circuit JSON", str(path)):
+            return _node_ids_checked(from_document(data, str(path)), str(path))
     raise ConfigError(
         f"expected a circuit file (.json, .mib.json, .node-link.json or .graphml) to read but "
         f"got the {fmt} file {str(path)!r}; drawings cannot be read back"
     )
+
+
+def _node_ids_checked(G: nx.DiGraph, where: str) -> nx.DiGraph:
+    """Refuse a file whose nodes are not circuit nodes (``a3.h5``, ``m2``, ``logits`` ...)."""
+    for n in G.nodes:
+        try:
+            Node.parse(n)
+        except (ConfigError, TypeError, AttributeError):
+            raise DataError(
+                f"expected node ids such as 'a3.h5', 'm2' or 'logits' in {where} but got {n!r}; "
+                "check the file"
+            ) from None
+    return G
 
 
 def from_document(data: Any, where: str = "the document") -> nx.DiGraph:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from circuitgraph.errors import ExportError
+from circuitgraph.errors import ExportError, ToolMissingError
 from circuitgraph.export.files import PathLike, atomic_write
 from circuitgraph.text import plural
 
@@ -116,8 +116,9 @@ def render(
 ) -> Path:
     """Draw the circuit to an SVG, PNG (150 dpi) or PDF file with Graphviz ``dot``.
 
-    ``format`` defaults to the file's suffix. Without ``dot`` on PATH this raises an
-    :class:`~circuitgraph.errors.ExportError` that says how to install it.
+    ``format`` defaults to the file's suffix. Without ``dot`` on PATH this raises a
+    :class:`~circuitgraph.errors.ToolMissingError` (an ``ExportError``) that says how to
+    install it; a failed write (full disk, no permission) is an ``ExportError`` too.
 
     Example:
         >>> from circuitgraph.graph import circuit_from_edges
@@ -128,7 +129,7 @@ def render(
     if fmt not in ("svg", "png", "pdf"):
         raise ExportError(f"expected format svg, png or pdf but got {fmt!r}; pick one of those")
     if shutil.which("dot") is None:
-        raise ExportError(_INSTALL_HINT.format(fmt=fmt.upper()))
+        raise ToolMissingError(_INSTALL_HINT.format(fmt=fmt.upper()))
     import graphviz
 
     dot = to_dot(G, title=title)
@@ -137,7 +138,7 @@ def render(
     try:
         data = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound as exc:
-        raise ExportError(_INSTALL_HINT.format(fmt=fmt.upper())) from exc
+        raise ToolMissingError(_INSTALL_HINT.format(fmt=fmt.upper())) from exc
     except graphviz.CalledProcessError as exc:
         raise ExportError(
             f"Graphviz dot failed to draw the circuit ({exc.stderr!r}); write DOT instead and "

@@ -42,7 +42,7 @@ import networkx as nx
 
 from circuitgraph.errors import ExportError
 from circuitgraph.export.draw import EDGE_COLORS, NODE_COLORS
-from circuitgraph.export.files import PathLike, atomic_write
+from circuitgraph.export.files import PathLike, atomic_write, finite_json
 from circuitgraph.faithfulness import gap_warning
 from circuitgraph.graph import path_growth
 from circuitgraph.nodes import Edge, Node
@@ -358,8 +358,9 @@ def _finite(x: Any) -> float | None:
 
 
 def _json_for_script(data: Any) -> str:
-    """JSON that cannot end its <script> element early."""
-    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    """Strict JSON (non-finite numbers as null, as in every file we write) that cannot end
+    its <script> element early."""
+    text = json.dumps(finite_json(data)[0], separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

@@ -1,7 +1,10 @@
 """Circuits: the clean run with every edge outside the circuit fed its corrupt value.
 
 F(C) = (L_C − L_corrupt)/(L_clean − L_corrupt) (DESIGN §2, Faithfulness): 1 for the full
-model, 0 for no edges.
+model, 0 for no edges. F is refused (NaN, with a warning) when L_clean − L_corrupt is below
+:data:`~circuitgraph.run.GAP_REFUSE` of the metric's typical size (see
+:class:`~circuitgraph.run.MetricGap`), and reported with a warning below
+:data:`~circuitgraph.run.GAP_WARN`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from circuitgraph.errors import ConfigError
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node, can_feed, edge_sources, edge_targets
 from circuitgraph.patching.edges import check_edge
-from circuitgraph.run import Progress, RunContext, base_run, keep, resolve, run_metric
+from circuitgraph.run import (
+    MetricGap,
+    Progress,
+    RunContext,
+    base_run,
+    gap_sums,
+    keep,
+    resolve,
+    run_metric,
+)
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
@@ -32,18 +44,38 @@ __all__ = ["CircuitEval", "evaluate_circuit", "evaluate_circuits", "faithfulness
 class CircuitEval:
     """The metric with only the circuit's edges clean, and the faithfulness it gives.
 
-    F = (L_C − L_corrupt) / (L_clean − L_corrupt): 1 for the full model, 0 for no edges.
+    F = (L_C − L_corrupt) / (L_clean − L_corrupt): 1 for the full model, 0 for no edges;
+    NaN (refused) when the gap is too small to divide by (``gap.refusal`` says why).
+    ``metric_scale`` is the mean over pairs of max(|L_clean,i|, |L_corrupt,i|) (None: taken
+    from the means).
+
+    Example:
+        >>> CircuitEval(3, metric_circuit=1.5, metric_clean=2.0, metric_corrupt=0.0).faithfulness
+        0.75
+        >>> CircuitEval(3, 1.5, metric_clean=2.0, metric_corrupt=1.9999).faithfulness
+        nan
     """
 
     n_edges: int
     metric_circuit: float
     metric_clean: float
     metric_corrupt: float
+    metric_scale: float | None = None
+
+    @property
+    def gap(self) -> MetricGap:
+        """The clean − corrupt gap and the scale it is judged against."""
+        scale = self.metric_scale
+        if scale is None:
+            scale = max(abs(self.metric_clean), abs(self.metric_corrupt))
+        return MetricGap(self.metric_clean, self.metric_corrupt, scale)
 
     @property
     def faithfulness(self) -> float:
-        gap = self.metric_clean - self.metric_corrupt
-        return float("nan") if gap == 0 else (self.metric_circuit - self.metric_corrupt) / gap
+        gap = self.gap
+        if gap.refusal is not None:
+            return float("nan")
+        return (self.metric_circuit - self.metric_corrupt) / gap.gap
 
 
 def evaluate_circuit(
@@ -90,7 +122,8 @@ def evaluate_circuits(
     insides = [_circuit_mask(sources, targets, set(edges)) for edges in circuits]
     weights = attn_weights(model)
     names = sorted({source_hook(s) for s in sources})
-    sums = torch.zeros(len(insides) + 2, dtype=torch.float64)  # circuits..., clean, corrupt
+    # the circuits..., then Σ L_clean, Σ L_corrupt, Σ max(|L_clean|, |L_corrupt|)
+    sums = torch.zeros(len(insides) + 3, dtype=torch.float64)
     for batch in opts.batches(pairs):
         ctx = base_run(model, batch, metric, "noising")
         corrupt: dict[str, Tensor] = {}  # the corrupt run's source activations, kept as it runs
@@ -106,13 +139,14 @@ def evaluate_circuits(
             )
             sums[i] += values.double().sum().cpu()
             opts.advance(len(batch))
-        sums[-2] += ctx.base_metric.double().sum().cpu()
-        sums[-1] += corrupt_vals.double().sum().cpu()
+        sums[-3:] += gap_sums(ctx.base_metric, corrupt_vals)
     means = (opts.reduce(sums) / len(pairs)).tolist()
-    return [
-        CircuitEval(int(inside.sum()), means[i], means[-2], means[-1])
-        for i, inside in enumerate(insides)
+    results = [
+        CircuitEval(int(inside.sum()), means[i], *means[-3:]) for i, inside in enumerate(insides)
     ]
+    if results:
+        results[0].gap.warn()  # one gap for every circuit: warn once
+    return results
 
 
 def faithfulness_curve(

@@ -251,7 +251,12 @@ def test_diagnose_command(gpt2_dir, data, tmp_path):
     )
     assert result.exit_code == 0, _text(result)
     got = json.loads((tmp_path / "diagnosis.json").read_text())
-    assert got["bound"] >= 0 and len(got["verified"]) == 4 and "additive" in got["caveat"]
+    assert len(got["verified"]) == 4 and "additive" in got["caveat"]
+    # 16 subsets for 30 nodes leave no degrees of freedom: the bound is infinite, which
+    # strict JSON writes as null and says so
+    assert got["bound"] is None or got["bound"] >= 0
+    if got["bound"] is None:
+        assert "bound: inf written as null" in got["warnings"]
 
 
 @pytest.mark.parametrize("fmt", ["dot", "json", "node-link", "graphml", "mib", "html"])
