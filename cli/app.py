@@ -25,7 +25,10 @@ app = typer.Typer(
 
 # ---- shared options ----------------------------------------------------------------------
 Model = Annotated[
-    str, typer.Option("--model", "-m", help="zoo:NAME, a local HF directory, or a hub name.")
+    str,
+    typer.Option(
+        "--model", "-m", help="zoo:NAME, a local HF directory, a .gguf file, or a hub name."
+    ),
 ]
 Task = Annotated[str | None, typer.Option(help="Built-in task (see `circuitgraph tasks`).")]
 Data = Annotated[Path | None, typer.Option(help="JSONL or CSV of clean, corrupt, answer, wrong.")]
@@ -432,8 +435,10 @@ def export_circuit(
 
 @app.command()
 def models() -> None:
-    """List the bundled zoo models (load them with --model zoo:NAME)."""
+    """List the zoo models (load them with --model zoo:NAME): bundled, and real ones that
+    another package ships as GGUF."""
     from circuitgraph import zoo
+    from circuitgraph.tasks import TASKS
 
     found = zoo.list_models()
     if not found:
@@ -443,6 +448,14 @@ def models() -> None:
             f"zoo:{m.name:<16} {m.architecture:<10} {m.size_mb:6.2f} MB  "
             f"tasks: {', '.join(m.tasks)}"
         )
+    for p, path in zoo.packaged_models():
+        where = (
+            f"installed, {path.stat().st_size / 2**20:.0f} MB GGUF"
+            if path
+            else f"not installed: {p.install}"
+        )
+        tasks = [t.name for t in TASKS.values() if p.name in t.models]
+        typer.echo(f"zoo:{p.name:<16} {p.architecture:<10} {where}  tasks: {', '.join(tasks)}")
 
 
 @app.command()
@@ -452,7 +465,7 @@ def tasks() -> None:
 
     for t in TASKS.values():
         fits = ", ".join(f"zoo:{m}" for m in t.models) or "any model"
-        typer.echo(f"{t.name:<14} {t.description}  [fits: {fits}]")
+        typer.echo(f"{t.name:<17} {t.description}  [fits: {fits}]")
 
 
 @app.command()
