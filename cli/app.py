@@ -42,6 +42,14 @@ Device = Annotated[
 ]
 Dtype = Annotated[str | None, typer.Option(help="float32 (default), bfloat16, float16, float64.")]
 Seed = Annotated[int, typer.Option(help="Seed for generated pairs and random subsets.")]
+Bos = Annotated[
+    bool | None,
+    typer.Option(
+        "--bos/--no-bos",
+        help="Prepend the BOS token to every prompt, or never (default: as the model's "
+        "tokenizer does).",
+    ),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")]
@@ -54,9 +62,10 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _setup(model: str, task: str | None, data: Path | None, n_pairs: int, seed: int,
-           device: str | None, dtype: str | None) -> tuple[Any, Any, Any, str]:  # fmt: skip
+           device: str | None, dtype: str | None,
+           bos: bool | None = None) -> tuple[Any, Any, Any, str]:  # fmt: skip
     mdl, info = common.load(model, device, dtype)
-    pairs, source = common.load_data(mdl, info, task, data, n_pairs, seed)
+    pairs, source = common.load_data(mdl, info, task, data, n_pairs, seed, bos)
     return mdl, info, pairs, source
 
 
@@ -70,6 +79,7 @@ def discover(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     node_method: Annotated[str, typer.Option(help="Node screening method.")] = "atp*",
     edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
@@ -95,6 +105,7 @@ def discover(
 ) -> None:
     """Run the whole pipeline and write circuit.json, .dot, .svg/.png, CSVs and a report."""
     from circuitgraph.discover import DiscoverConfig, discover_circuit
+    from circuitgraph.tasks.pairs import resolve_bos
 
     show = Output(quiet, json)
     with user_errors():
@@ -108,10 +119,13 @@ def discover(
             edge_greedy=greedy, batch_size=batch_size, seed=seed,
         )  # fmt: skip
         folder = out_dir(out)
-        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        used_bos = resolve_bos(mdl.tokenizer, bos)
+        attrs = {**_where(model, source, data), "bos": used_bos}
         with show.stages() as stages:
-            found = discover_circuit(mdl, pairs, config, stages, attrs=_where(model, source, data))
-        written = _write_discovery(folder, found, model, source, asdict(config), show)
+            found = discover_circuit(mdl, pairs, config, stages, attrs=attrs)
+        settings = {**asdict(config), "bos": used_bos}
+        written = _write_discovery(folder, found, model, source, settings, show)
         g = found.circuit.graph
         summary = {
             "out": str(folder), "files": written, "n_nodes": g["n_nodes"], "n_edges": g["n_edges"],
@@ -179,6 +193,7 @@ def nodes(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
@@ -192,7 +207,7 @@ def nodes(
     with user_errors():
         common.check_names(metric, node_method=method)
         folder = out_dir(out)
-        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             scores = attribute_nodes(
                 mdl, pairs, metric, method, _kinds(kinds), per_position, batch_size,
@@ -234,6 +249,7 @@ def edges(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
@@ -248,7 +264,7 @@ def edges(
     with user_errors():
         common.check_names(metric, node_method, method)
         folder = out_dir(out)
-        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             node_scores = None
             if keep_nodes is not None:
@@ -291,6 +307,7 @@ def verify(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Annotated[
         int, typer.Option(help="Seed for generated pairs (use another for held-out pairs).")
     ] = 0,
@@ -308,12 +325,14 @@ def verify(
         g = read_json(circuit)
         model = model or _from_graph(g, "model", "--model")
         metric = metric or str(g.graph.get("metric", "logit_diff"))
+        if bos is None and isinstance(g.graph.get("bos"), bool):
+            bos = g.graph["bos"]  # the pairs the circuit was found on
         if data is None and task is None:
             recorded = g.graph.get("data")
             data = Path(recorded) if recorded else None
             task = None if data else _from_graph(g, "task", "--task or --data")
         folder = out_dir(out)
-        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         kept = circuit_edges(g)
         faith = evaluate_circuit(mdl, pairs, kept, metric, batch_size)
         exact = patch_edges(mdl, pairs, kept, metric, batch_size=batch_size) if kept else None
@@ -363,6 +382,7 @@ def diagnose(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
@@ -376,7 +396,7 @@ def diagnose(
     with user_errors():
         common.check_names(metric, node_method=method)
         folder = out_dir(out)
-        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             scores = attribute_nodes(mdl, pairs, metric, method, _kinds(kinds), batch_size=batch_size,
                                      progress=stages("screen nodes", len(pairs)))  # fmt: skip
