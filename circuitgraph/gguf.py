@@ -14,12 +14,14 @@ then renamed), so an interrupted conversion never leaves a half cache behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +71,12 @@ def find_gguf(path: Path) -> Path | None:
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's content, read in 8 MiB chunks.
 
-    Example:
-        >>> import tempfile
-        >>> with tempfile.NamedTemporaryFile() as f:
-        ...     file_sha256(Path(f.name))[:8]
-        'e3b0c442'
+        Example:
+            >>> import tempfile
+    import time
+            >>> with tempfile.NamedTemporaryFile() as f:
+            ...     file_sha256(Path(f.name))[:8]
+            'e3b0c442'
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -108,6 +111,7 @@ def cached_model_dir(gguf: Path, dtype: torch.dtype = torch.float32) -> Path:
         return final
     try:
         root.mkdir(parents=True, exist_ok=True)
+        _remove_stale(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     except OSError as err:
         raise ModelLoadError(
@@ -120,6 +124,15 @@ def cached_model_dir(gguf: Path, dtype: torch.dtype = torch.float32) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only left over on failure or a lost race
     return final
+
+
+def _remove_stale(root: Path, age_s: float = 86400.0) -> None:
+    """Delete temporary folders that a killed conversion left (untouched for a day)."""
+    now = time.time()
+    for folder in root.glob(".*"):
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and now - folder.stat().st_mtime > age_s:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _publish(tmp: Path, final: Path) -> None:

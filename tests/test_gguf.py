@@ -166,6 +166,19 @@ def test_an_interrupted_conversion_leaves_no_cache(tiny_gguf, cache, monkeypatch
     assert len(list(cache.iterdir())) == 1
 
 
+def test_a_killed_conversion_s_leftovers_are_removed_once_stale(tiny_gguf, cache):
+    import os
+
+    cache.mkdir(parents=True)
+    stale, fresh = cache / ".abc-float32.killed", cache / ".abc-float32.running"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    load_model(str(tiny_gguf), device="cpu")
+    assert not stale.exists() and fresh.exists()
+
+
 def test_a_folder_holding_one_gguf_loads_it(tiny_gguf, cache, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
