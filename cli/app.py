@@ -10,10 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from circuitgraph.errors import CircuitGraphError, ConfigError
+from circuitgraph.text import plural
 
 from . import common
 from .common import DEFAULT_MODEL, Output, dumps, out_dir, user_errors, write
-from .report import manifest, report_md
+from .report import manifest
 
 app = typer.Typer(
     name="circuitgraph",
@@ -55,6 +56,14 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated node kinds: head,q,k,v,mlp,neuron.")]
 PerPosition = Annotated[bool, typer.Option("--per-position", help="One node per token position.")]
+EdgeFractions = Annotated[
+    str | None,
+    typer.Option(
+        "--edge-fractions",
+        help="Fractions of the model's edges for MIB's CPR/CMD, comma-separated "
+        "(default: MIB's 0.001,0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.5,1; 'none' skips them).",
+    ),
+]
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -99,12 +108,15 @@ def discover(
     greedy: Annotated[
         int | None, typer.Option(help="Grow n edges from the logits backwards.")
     ] = None,
+    fractions: EdgeFractions = None,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Run the whole pipeline and write circuit.json, .dot, .svg/.png, CSVs and a report."""
-    from circuitgraph.discover import DiscoverConfig, discover_circuit
+    """Run the whole pipeline; write circuit.json/.dot/.svg/.png/.html, CSVs, faithfulness.png
+    and a report."""
+    from circuitgraph.faithfulness import gap_warning
+    from circuitgraph.pipeline import DiscoverConfig, discover_circuit
     from circuitgraph.tasks.pairs import resolve_bos
 
     show = Output(quiet, json)
@@ -116,7 +128,8 @@ def discover(
             metric=metric, node_method=node_method, kinds=_kinds(kinds), per_position=per_position,
             verify_k=verify_k, diagnose_subsets=diagnose_subsets, keep_nodes=keep_nodes,
             edge_method=edge_method, edge_top_n=edge_top_n, edge_threshold=edge_threshold,
-            edge_greedy=greedy, batch_size=batch_size, seed=seed,
+            edge_greedy=greedy, edge_fractions=common.edge_fractions(fractions),
+            batch_size=batch_size, seed=seed,
         )  # fmt: skip
         folder = out_dir(out)
         mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
@@ -127,14 +140,20 @@ def discover(
         settings = {**asdict(config), "bos": used_bos}
         written = _write_discovery(folder, found, model, source, settings, show)
         g = found.circuit.graph
+        mib = g.get("mib")
         summary = {
             "out": str(folder), "files": written, "n_nodes": g["n_nodes"], "n_edges": g["n_edges"],
             "faithfulness": g["faithfulness"], "diagnostic_bound": g["diagnostic_bound"],
+            "cpr": mib and mib["cpr"], "cmd": mib and mib["cmd"],
         }  # fmt: skip
+        warning = gap_warning(g["metric_clean"], g["metric_corrupt"])
         show.result(
             summary,
-            f"circuit: {g['n_nodes']} nodes, {g['n_edges']} edges, faithfulness "
-            f"{g['faithfulness']:.3f} ({metric}) -> {folder}/ ({', '.join(written)})",
+            f"circuit: {plural(g['n_nodes'], 'node')}, {plural(g['n_edges'], 'edge')}, "
+            f"faithfulness {g['faithfulness']:.3f} ({metric})"
+            + (f", CPR {mib['cpr']:.3f}, CMD {mib['cmd']:.3f}" if mib else "")
+            + (f"\n{warning}" if warning else "")
+            + f"\n-> {folder}/ ({', '.join(written)})",
         )
 
 
@@ -149,19 +168,33 @@ def _write_discovery(
     folder: Path, found: Any, model: str, source: str, config: dict[str, Any], show: Output
 ) -> list[str]:
     from circuitgraph import export
+    from circuitgraph.graph import circuit_edges
+    from circuitgraph.report import faithfulness_png, report_md
 
+    if not common.lead():  # under torchrun every rank holds the same results; rank 0 writes
+        return []
     exact = {r["node"]: r["true"] for r in found.verification.rows()} if found.verification else {}
-    in_circuit = {
-        f"{u}->{v}" for u, v, d in found.circuit.edges(data=True) if not d.get("internal")
-    }
-    files = {
+    in_circuit = {e.id for e in circuit_edges(found.circuit)}
+    g = found.circuit.graph
+    title = f"{source} · {model}"
+    selection = g["selection"]
+    files: dict[str, str | bytes] = {
         "circuit.json": dumps(export.to_json(found.circuit)),
         "circuit.dot": export.to_dot(found.circuit).source,
+        "circuit.html": export.to_html(
+            found.circuit, scores=found.edge_scores, node_scores=found.node_scores,
+            verified=exact, title=title,
+        ),
+        "faithfulness.png": faithfulness_png(
+            found.curve, mib=g.get("mib"), title=title,
+            circuit_size=selection["selected"] if selection["rule"] != "greedy" else None,
+        ),
         "nodes.csv": common.node_csv(found.node_scores, exact),
         "edges.csv": common.edge_csv(found.edge_scores, in_circuit),
-        "report.md": report_md(found, model, source),
+        "edges.json": dumps(found.edge_scores.to_json()),
+        "report.md": report_md(found, picture="faithfulness.png"),
         "manifest.json": dumps(manifest(model, source, config)),
-    }
+    }  # fmt: skip
     for name, text in files.items():
         write(folder / name, text)
     written = list(files)
@@ -225,7 +258,8 @@ def nodes(
                 "method": method,
                 "top": [{"node": r[0], "signed": r[1], "score": r[2]} for r in ranked],
             },
-            f"{method} over {len(scores)} nodes ({len(pairs)} pairs); top {len(ranked)} by "
+            f"{method} over {plural(len(scores), 'node')} ({plural(len(pairs), 'pair')}); "
+            f"top {len(ranked)} by "
             f"{scores.meta.get('ranked_by', '|signed|')}:\n{text}\n-> {folder}/nodes.json, nodes.csv",
         )
 
@@ -257,8 +291,7 @@ def edges(
     json: Json = False,
 ) -> None:
     """Score edges (all, or among the top screened nodes); write edges.json and edges.csv."""
-    from circuitgraph.attribution import attribute_nodes
-    from circuitgraph.attribution.edges import attribute_edges, edge_candidates
+    from circuitgraph.attribution import attribute_edges, attribute_nodes, edge_candidates
 
     show = Output(quiet, json)
     with user_errors():
@@ -290,13 +323,16 @@ def edges(
                 "n_edges": len(scores),
                 "top": [{"edge": r[0], "signed": r[1]} for r in ranked],
             },
-            f"{method} over {len(scores)} edges ({len(pairs)} pairs):\n{text}\n-> {folder}/edges.json, edges.csv",
+            f"{method} over {plural(len(scores), 'edge')} ({plural(len(pairs), 'pair')}):\n{text}"
+            f"\n-> {folder}/edges.json, edges.csv",
         )
 
 
 @app.command()
 def verify(
-    circuit: Annotated[Path, typer.Argument(help="A circuit.json written by discover.")],
+    circuit: Annotated[
+        Path, typer.Argument(help="A circuit: circuit.json from discover, or an EAP-IG/MIB JSON.")
+    ],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Default: the circuit's model.")
     ] = None,
@@ -311,18 +347,30 @@ def verify(
     seed: Annotated[
         int, typer.Option(help="Seed for generated pairs (use another for held-out pairs).")
     ] = 0,
+    scores: Annotated[
+        Path | None,
+        typer.Option(
+            help="edges.json from discover/edges: CPR/CMD rank these edges (default: the "
+            "circuit's own edges by score, the model's other edges after them at score 0)."
+        ),
+    ] = None,
+    fractions: EdgeFractions = None,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Exact checks of a circuit: faithfulness and each edge's exact effect; writes verify.json."""
-    from circuitgraph.discover import circuit_edges
-    from circuitgraph.export import read_json
+    """Exact checks of a circuit: faithfulness, each edge's exact effect and MIB's CPR/CMD;
+    writes verify.json."""
+    from circuitgraph.export import read
+    from circuitgraph.export.files import load_json
+    from circuitgraph.faithfulness import gap_warning, mib_scores
+    from circuitgraph.graph import circuit_edges
     from circuitgraph.patching import evaluate_circuit, patch_edges
+    from circuitgraph.scores import EdgeScores
 
     show = Output(quiet, json)
     with user_errors():
-        g = read_json(circuit)
+        g = read(circuit)
         model = model or _from_graph(g, "model", "--model")
         metric = metric or str(g.graph.get("metric", "logit_diff"))
         if bos is None and isinstance(g.graph.get("bos"), bool):
@@ -331,10 +379,17 @@ def verify(
             recorded = g.graph.get("data")
             data = Path(recorded) if recorded else None
             task = None if data else _from_graph(g, "task", "--task or --data")
+        grid = common.edge_fractions(fractions)
+        ranked = (
+            EdgeScores.from_json(load_json(scores, "edge scores"))
+            if scores is not None
+            else _own_ranking(g)
+        )
         folder = out_dir(out)
         mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         kept = circuit_edges(g)
         faith = evaluate_circuit(mdl, pairs, kept, metric, batch_size)
+        mib = mib_scores(mdl, pairs, ranked, metric, grid, batch_size)[0] if grid else None
         exact = patch_edges(mdl, pairs, kept, metric, batch_size=batch_size) if kept else None
         rows = [
             {
@@ -347,14 +402,39 @@ def verify(
         result = {"circuit": str(circuit), "model": model, "data": source, "metric": metric,
                   "n_pairs": len(pairs), "n_edges": len(kept), "faithfulness": faith.faithfulness,
                   "metric_clean": faith.metric_clean, "metric_corrupt": faith.metric_corrupt,
-                  "metric_circuit": faith.metric_circuit, "edges": rows}  # fmt: skip
+                  "metric_circuit": faith.metric_circuit,
+                  "mib": None if mib is None else {
+                      **mib.to_json(), "ranked": "edges.json" if scores else "circuit"},
+                  "edges": rows}  # fmt: skip
         write(folder / "verify.json", dumps(result))
+        warning = gap_warning(faith.metric_clean, faith.metric_corrupt)
         show.result(
             {k: v for k, v in result.items() if k != "edges"},
-            f"{len(kept)} edges on {len(pairs)} pairs ({source}): faithfulness {faith.faithfulness:.3f} "
-            f"(clean {faith.metric_clean:.3f}, corrupt {faith.metric_corrupt:.3f}, circuit "
-            f"{faith.metric_circuit:.3f}) -> {folder}/verify.json",
+            f"{plural(len(kept), 'edge')} on {plural(len(pairs), 'pair')} ({source}): "
+            f"faithfulness {faith.faithfulness:.3f} (clean {faith.metric_clean:.3f}, corrupt "
+            f"{faith.metric_corrupt:.3f}, circuit {faith.metric_circuit:.3f})"
+            + ("" if mib is None else "\n" + _mib_text(mib, scores))
+            + (f"\n{warning}" if warning else "")
+            + f"\n-> {folder}/verify.json",
         )
+
+
+def _own_ranking(g: Any) -> list[tuple[Any, float, float]]:
+    """The circuit's own scored edges as (edge, signed, score) rows, best first."""
+    from circuitgraph.graph import circuit_edges
+
+    rows = [(e, g.edges[e.src.id, e.dst.id].get("signed", 0.0),
+             g.edges[e.src.id, e.dst.id].get("score", 0.0)) for e in circuit_edges(g)]  # fmt: skip
+    return sorted(rows, key=lambda r: -float(r[2] or 0.0))
+
+
+def _mib_text(mib: Any, scores: Path | None) -> str:
+    ranked = f"the edges of {scores}" if scores else "the circuit's edges by score"
+    return (
+        f"MIB: CPR {mib.cpr:.3f} (higher is better), CMD {mib.cmd:.3f} (lower is better) over "
+        f"{plural(len(mib.fractions), 'fraction')} of the model's {plural(mib.n_edges, 'edge')}, "
+        f"ranking {ranked} ({mib.n_scored} scored, the rest at score 0)"
+    )
 
 
 def _from_graph(g: Any, key: str, option: str) -> str:
@@ -417,39 +497,49 @@ def diagnose(
         )
 
 
-EXPORT_FORMATS = ("svg", "png", "pdf", "dot", "json", "node-link", "graphml", "mib")
-
-
 @app.command("export")
 def export_circuit(
-    circuit: Annotated[Path, typer.Argument(help="A circuit.json written by discover.")],
+    circuit: Annotated[
+        Path, typer.Argument(help="A circuit: circuit.json from discover, or an EAP-IG/MIB JSON.")
+    ],
     format: Annotated[
-        str, typer.Option("--format", "-f", help=f"One of: {', '.join(EXPORT_FORMATS)}.")
+        str,
+        typer.Option(
+            "--format", "-f", help="svg, png, pdf, dot, html, json, node-link, graphml or mib."
+        ),
     ] = "svg",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output file (default: next to the input).")
     ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(
+            help="edges.json from discover/edges: MIB export then scores every edge, and the "
+            "HTML viewer's size slider walks all of them."
+        ),
+    ] = None,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Convert a circuit.json to another format."""
+    """Convert a circuit (ours or MIB JSON) to another format."""
     from circuitgraph import export
+    from circuitgraph.export.files import load_json
+    from circuitgraph.scores import EdgeScores
 
     show = Output(quiet, json)
     with user_errors():
-        if format not in EXPORT_FORMATS:
-            raise ConfigError(f"expected --format among {list(EXPORT_FORMATS)} but got {format!r}")
-        g = export.read_json(circuit)
-        suffix = {"node-link": ".node-link.json", "mib": ".mib.json"}.get(format, f".{format}")
-        target = out or circuit.with_name(circuit.name.removesuffix(".json") + suffix)
-        writers = {
-            "dot": export.write_dot, "json": export.write_json, "node-link": export.write_node_link,
-            "graphml": export.write_graphml, "mib": export.write_mib,
-        }  # fmt: skip
-        if format in writers:
-            writers[format](g, target)
-        else:
-            export.render(g, target, format=format)
+        export.format_of(circuit, format)  # an unknown format fails before anything is read
+        g = export.read(circuit)
+        stem = circuit.name.removesuffix(".json").removesuffix(".mib")
+        target = out or circuit.with_name(stem + export.SUFFIX[format])
+        extra: dict[str, Any] = {}
+        if scores is not None:
+            if format not in ("mib", "html"):
+                raise ConfigError(
+                    f"expected --scores only with --format mib or html but got {format!r}"
+                )
+            extra["scores"] = EdgeScores.from_json(load_json(scores, "edge scores"))
+        export.write(g, target, format, **extra)
         show.result({"out": str(target), "format": format}, f"-> {target}")
 
 
@@ -521,7 +611,8 @@ def bench(
     with user_errors():
         if threads < 1:
             raise ConfigError(f"expected --threads of at least 1 but got {threads}")
-        on_gpu = resolve_device(device).type != "cpu"
+        device = str(resolve_device(device))  # "cuda" -> "cuda:0": every part sees one GPU
+        on_gpu = device != "cpu"
         config = BenchConfig.gpu(device) if on_gpu and not quick else BenchConfig()
         if quick:
             config = replace(BenchConfig.quick(), device=device)
@@ -538,7 +629,7 @@ def bench(
         try:
             pictures = plots(results)
         except ImportError:
-            typer.echo("matplotlib is not installed: no plots (pip install circuitgraph[bench])")
+            typer.echo("matplotlib is not installed: no plots (pip install matplotlib)")
             pictures = {}
         for name, data in pictures.items():
             write(folder / name, data)

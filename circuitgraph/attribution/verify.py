@@ -15,10 +15,12 @@ from torch import Tensor
 
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
-from circuitgraph.patching import Mode, Progress, patch_nodes
+from circuitgraph.patching import patch_nodes
+from circuitgraph.run import Mode, Progress
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
+from circuitgraph.text import plural
 
 __all__ = ["Verification", "verify_nodes"]
 
@@ -78,8 +80,9 @@ class Verification:
                 f"{r['error']:>12.4g}"
             )
         lines.append(
-            f"exact patching of {len(self.nodes)} nodes on {self.n_pairs} pairs ({self.metric}), "
-            f"{self.forward_passes:g} forward passes per pair"
+            f"exact patching of {plural(len(self.nodes), 'node')} on "
+            f"{plural(self.n_pairs, 'pair')} ({self.metric}), "
+            f"{plural(float(self.forward_passes), 'forward pass', 'forward passes')} per pair"
         )
         return "\n".join(lines)
 
@@ -113,7 +116,7 @@ def verify_nodes(
     truth = patch_nodes(
         model, pairs, top, metric, mode=mode, batch_size=batch_size, progress=progress
     )
-    idx = torch.tensor([estimate.index[node] for node in top], dtype=torch.long)
+    idx = torch.tensor([estimate.locate(node) for node in top], dtype=torch.long)
     return Verification(
         tuple(top), estimate.signed[idx].double(), estimate.score[idx].double(),
         truth.signed.double(), estimate.method, metric.name, len(pairs), truth.forward_passes,

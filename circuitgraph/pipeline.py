@@ -15,25 +15,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import networkx as nx
 import torch
 
-from circuitgraph.attribution import attribute_nodes, diagnose, verify_nodes
+from circuitgraph.attribution import (
+    attribute_edges,
+    attribute_nodes,
+    diagnose,
+    edge_candidates,
+    verify_nodes,
+)
 from circuitgraph.attribution.diagnostics import Diagnosis
-from circuitgraph.attribution.edges import attribute_edges, edge_candidates
 from circuitgraph.attribution.verify import Verification
 from circuitgraph.errors import ConfigError
-from circuitgraph.graph import build_circuit, model_attrs
+from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, check_fractions, mib_scores
+from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_curve, patch_edges
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.pairs import PromptPairs
 
-__all__ = ["DiscoverConfig", "Discovery", "circuit_edges", "discover_circuit"]
+__all__ = ["DiscoverConfig", "Discovery", "circuit_edges", "discover", "discover_circuit"]
 
 #: a progress reporter: (stage name, total units) → callback taking units done
 Stages = Callable[[str, int], Callable[[int], None]]
@@ -57,6 +63,8 @@ class DiscoverConfig:
     edge_threshold: float | None = None
     edge_greedy: int | None = None
     curve_sizes: tuple[int, ...] = (5, 10, 20, 50, 100)
+    #: fractions of the model's edges for MIB's CPR/CMD (empty: skip them)
+    edge_fractions: tuple[float, ...] = MIB_FRACTIONS
     batch_size: int = 32
     seed: int = 0
 
@@ -71,6 +79,8 @@ class DiscoverConfig:
             )
         if self.keep_nodes < 1 or self.verify_k < 0:
             raise ConfigError("expected keep_nodes >= 1 and verify_k >= 0")
+        if self.edge_fractions:
+            check_fractions(self.edge_fractions)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,20 @@ class Discovery:
     faithfulness: CircuitEval
     curve: list[tuple[int, float]]
     timings: dict[str, float] = field(default_factory=dict)
+    #: MIB's CPR and CMD over ``DiscoverConfig.edge_fractions`` (None when skipped)
+    mib: MIBScores | None = None
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The circuit (the same graph as ``circuit``)."""
+        return self.circuit
+
+    @property
+    def report(self) -> str:
+        """A short Markdown report: size, faithfulness, bound, top nodes, edges, timings."""
+        from circuitgraph.report import report_md
+
+        return report_md(self)
 
 
 def _no_progress(stage: str, total: int) -> Callable[[int], None]:
@@ -98,6 +122,35 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = time.perf_counter() - start
+
+
+def discover(
+    model: Any,
+    pairs: PromptPairs,
+    config: DiscoverConfig | None = None,
+    *,
+    stages: Stages | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> Discovery:
+    """The whole pipeline with the defaults of ``circuitgraph discover``, any of which
+    ``overrides`` (fields of :class:`DiscoverConfig`) or ``config`` replace.
+
+    Example:
+        >>> import circuitgraph as cg
+        >>> model, info = cg.load_model("zoo:attn-only-2l")  # doctest: +SKIP
+        >>> found = cg.discover(model, cg.make_pairs("induction", model.tokenizer, 16))  # doctest: +SKIP
+        >>> print(found.report)  # doctest: +SKIP
+    """
+    base = config or DiscoverConfig()
+    if overrides:
+        unknown = sorted(set(overrides) - {f.name for f in fields(DiscoverConfig)})
+        if unknown:
+            raise ConfigError(
+                f"expected options among the fields of DiscoverConfig but got {unknown}"
+            )
+        base = replace(base, **overrides)
+    return discover_circuit(model, pairs, base, stages or _no_progress, attrs)
 
 
 def discover_circuit(
@@ -149,16 +202,42 @@ def discover_circuit(
         _add_exact_edges(model, pairs, circuit, kept, c, stages)
     with _timed(t, "faithfulness"):
         faith = evaluate_circuit(model, pairs, kept, c.metric, c.batch_size)
-        sizes = sorted({s for s in c.curve_sizes if s <= len(edges)} | {len(kept)})
-        curve = faithfulness_curve(model, pairs, edges, sizes, c.metric, c.batch_size)
+        mib, curve = _curves(model, pairs, edges, circuit, c, stages)
     circuit.graph.update(
         faithfulness=faith.faithfulness, faithfulness_curve=[list(p) for p in curve],
         metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
         metric_circuit=faith.metric_circuit,
         diagnostic_bound=None if diagnosis is None else diagnosis.bound,
         diagnostic_confidence=None if diagnosis is None else diagnosis.confidence,
+        mib=None if mib is None else mib.to_json(),
     )  # fmt: skip
-    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t)
+    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib)
+
+
+def _curves(
+    model: Any,
+    pairs: PromptPairs,
+    edges: EdgeScores,
+    circuit: nx.DiGraph,
+    c: DiscoverConfig,
+    stages: Stages,
+) -> tuple[MIBScores | None, list[tuple[int, float]]]:
+    """The faithfulness curve of the ranking by |score| at ``curve_sizes``, the circuit's own
+    prefix and MIB's grid, and CPR/CMD on that grid (one set of shared clean/corrupt runs)."""
+    sizes = [s for s in c.curve_sizes if s <= len(edges)]
+    selection = circuit.graph["selection"]
+    if selection["rule"] != "greedy":  # a greedy circuit is not a prefix of the ranking
+        sizes.append(selection["selected"])
+    progress = stages("faithfulness curves", 0)
+    if not c.edge_fractions:
+        sizes = sorted(set(sizes))
+        return None, faithfulness_curve(
+            model, pairs, edges, sizes, c.metric, c.batch_size, progress
+        )
+    return mib_scores(
+        model, pairs, edges, c.metric, c.edge_fractions, c.batch_size,
+        extra_sizes=sizes, progress=progress,
+    )  # fmt: skip
 
 
 def _diagnose(
@@ -200,20 +279,6 @@ def _verified(v: Verification | None) -> dict[Node | str, float]:
     if v is None:
         return {}
     return {n: float(x) for n, x in zip(v.nodes, v.true.tolist(), strict=True)}
-
-
-def circuit_edges(circuit: nx.DiGraph) -> list[Edge]:
-    """The scored (non-internal) edges of a circuit graph.
-
-    Example:
-        >>> import networkx as nx
-        >>> g = nx.DiGraph(); g.add_edge("input", "a0.h1<q>", internal=False)
-        >>> [e.id for e in circuit_edges(g)]
-        ['input->a0.h1<q>']
-    """
-    return [
-        Edge.parse(f"{u}->{v}") for u, v, d in circuit.edges(data=True) if not d.get("internal")
-    ]
 
 
 def _add_exact_edges(
