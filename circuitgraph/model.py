@@ -2,8 +2,11 @@
 
 A model spec is one of
 
-* ``zoo:NAME`` — a small model shipped with circuitgraph (see :func:`circuitgraph.zoo.list_models`);
+* ``zoo:NAME`` — a small model shipped with circuitgraph (see :func:`circuitgraph.zoo.list_models`),
+  or one another package ships as a GGUF file (``zoo:smollm2-135m``);
 * a local directory in Hugging Face format (``config.json``, weights, tokenizer);
+* a GGUF file, or a folder holding exactly one (dequantised once into a cached directory, see
+  :mod:`circuitgraph.gguf`);
 * a Hugging Face hub name such as ``gpt2`` (needs a hub or a local cache).
 
 Every spec goes through the same path, ``TransformerBridge.boot_transformers``, so the
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from circuitgraph.errors import ConfigError, ModelLoadError, ModelStateError
+from circuitgraph.gguf import cached_model_dir, find_gguf
 from circuitgraph.zoo.native import boot_native_dir, is_native_dir
 
 __all__ = ["ModelInfo", "load_model", "model_info", "require_eval", "resolve_device"]
@@ -114,12 +118,17 @@ def _resolve_spec(spec: str) -> tuple[str, str]:
         return str(zoo.model_path(spec[4:])), spec
     path = Path(spec).expanduser()
     if path.exists():
+        if find_gguf(path) is not None:
+            return str(path), path.stem
         if not (path / "config.json").is_file() and not is_native_dir(path):
             raise ModelLoadError(
-                f"expected a Hugging Face model directory with a config.json but {spec!r} has "
-                "none; point to the folder that save_pretrained() wrote"
+                f"expected a Hugging Face model directory with a config.json (or a folder with one "
+                f".gguf file) but {spec!r} has neither; point to the folder that save_pretrained() "
+                "wrote or to a GGUF file"
             )
         return str(path), path.name
+    if path.suffix.lower() == ".gguf":
+        raise ModelLoadError(f"GGUF file {spec!r} does not exist; check the path")
     if spec.startswith((".", "/", "~")) or os.sep in spec.rstrip("/").split("/", 1)[-1]:
         raise ModelLoadError(f"model directory {spec!r} does not exist; check the path")
     return spec, spec
@@ -205,9 +214,11 @@ def load_model(
     """Load a model as a ``TransformerBridge`` in eval mode, plus its :class:`ModelInfo`.
 
     Args:
-        spec: ``zoo:NAME``, a local Hugging Face directory, or a hub name.
+        spec: ``zoo:NAME``, a local Hugging Face directory, a GGUF file (or a folder holding
+            one), or a hub name.
         device: where to put it; defaults to CUDA when available, else CPU.
-        dtype: ``float32`` (default), ``bfloat16``, ... or a ``torch.dtype``.
+        dtype: ``float32`` (default), ``bfloat16``, ... or a ``torch.dtype``. A GGUF is
+            dequantised to it (and cached once per file and dtype).
         hf_model: an already-built Hugging Face model of the directory's config (its weights
             are used instead of loading any; the bench builds large random models this way,
             directly on the GPU).
@@ -225,6 +236,9 @@ def load_model(
     device = resolve_device(device)
     try:
         with _quiet_loading():
+            gguf = find_gguf(Path(path))
+            if gguf is not None:
+                path = str(cached_model_dir(gguf, torch_dtype))
             if is_native_dir(path):  # TL-native (the attention-only zoo model); see zoo/native.py
                 bridge = boot_native_dir(path, device=str(device), dtype=torch_dtype)
             else:
@@ -255,6 +269,7 @@ def load_model(
         ) from err
     bridge.eval()
     _check_tokenizer(bridge, spec)
+    _keep_bos_convention(bridge, path)
     info = model_info(bridge, name)
     return bridge, info
 
@@ -282,6 +297,37 @@ def _no_tokenizer(spec: str) -> ModelLoadError:
         f"expected a tokenizer with the model {spec!r} but found none (no tokenizer.json or "
         "vocabulary files next to its config); save one there with tokenizer.save_pretrained(DIR)"
     )
+
+
+def _keep_bos_convention(bridge: Any, path: str) -> None:
+    """Give the bridge's tokenizer back its own BOS convention.
+
+    TransformerLens reloads every tokenizer with ``add_bos_token=True``, so ``model.tokenizer``
+    would add BOS to all text, although e.g. SmolLM2 was not trained that way (its IOI logit
+    difference drops from 4.21 to 3.40 with one). The tokenizer as saved with the model decides
+    (:func:`~circuitgraph.tasks.pairs.adds_bos`); TransformerLens's own ``to_tokens`` is told
+    the same through its config.
+    """
+    from transformers import AutoTokenizer
+
+    from circuitgraph.tasks.pairs import adds_bos
+
+    tok = getattr(bridge, "tokenizer", None)
+    if tok is None:
+        return
+    try:
+        with _quiet_loading():
+            own = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return  # no tokenizer files of its own: keep what the bridge has
+    convention = adds_bos(own)
+    if adds_bos(tok) != convention:
+        if hasattr(tok, "add_bos_token"):
+            tok.add_bos_token = convention
+        if hasattr(tok, "backend_tokenizer") and hasattr(own, "backend_tokenizer"):
+            tok.backend_tokenizer.post_processor = own.backend_tokenizer.post_processor
+    bridge.cfg.default_prepend_bos = convention
+    bridge.cfg.tokenizer_prepends_bos = adds_bos(tok)
 
 
 def _first_line(err: BaseException) -> str:

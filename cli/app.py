@@ -46,7 +46,10 @@ def _options(
 
 # ---- shared options ----------------------------------------------------------------------
 Model = Annotated[
-    str, typer.Option("--model", "-m", help="zoo:NAME, a local HF directory, or a hub name.")
+    str,
+    typer.Option(
+        "--model", "-m", help="zoo:NAME, a local HF directory, a .gguf file, or a hub name."
+    ),
 ]
 Task = Annotated[str | None, typer.Option(help="Built-in task (see `circuitgraph tasks`).")]
 Data = Annotated[Path | None, typer.Option(help="JSONL or CSV of clean, corrupt, answer, wrong.")]
@@ -60,6 +63,14 @@ Device = Annotated[
 ]
 Dtype = Annotated[str | None, typer.Option(help="float32 (default), bfloat16, float16, float64.")]
 Seed = Annotated[int, typer.Option(help="Seed for generated pairs and random subsets.")]
+Bos = Annotated[
+    bool | None,
+    typer.Option(
+        "--bos/--no-bos",
+        help="Prepend the BOS token to every prompt, or never (default: as the model's "
+        "tokenizer does).",
+    ),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")]
@@ -93,9 +104,10 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _setup(model: str, task: str | None, data: Path | None, n_pairs: int, seed: int,
-           device: str | None, dtype: str | None) -> tuple[Any, Any, Any, str]:  # fmt: skip
+           device: str | None, dtype: str | None,
+           bos: bool | None = None) -> tuple[Any, Any, Any, str]:  # fmt: skip
     mdl, info = common.load(model, device, dtype)
-    pairs, source = common.load_data(mdl, info, task, data, n_pairs, seed)
+    pairs, source = common.load_data(mdl, info, task, data, n_pairs, seed, bos)
     return mdl, info, pairs, source
 
 
@@ -109,6 +121,7 @@ def discover(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     node_method: Annotated[str, typer.Option(help="Node screening method.")] = "atp*",
     edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
@@ -142,6 +155,7 @@ def discover(
     and a report."""
     from circuitgraph.faithfulness import gap_warning
     from circuitgraph.pipeline import DiscoverConfig, discover_circuit
+    from circuitgraph.tasks.pairs import resolve_bos
 
     show = Output(quiet, json)
     with user_errors():
@@ -156,10 +170,13 @@ def discover(
             batch_size=batch_size, seed=seed,
         )  # fmt: skip
         folder = out_dir(out)
-        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        used_bos = resolve_bos(mdl.tokenizer, bos)
+        attrs = {**_where(model, source, data), "bos": used_bos}
         with show.stages() as stages:
-            found = discover_circuit(mdl, pairs, config, stages, attrs=_where(model, source, data))
-        written = _write_discovery(folder, found, model, source, asdict(config), show)
+            found = discover_circuit(mdl, pairs, config, stages, attrs=attrs)
+        settings = {**asdict(config), "bos": used_bos}
+        written = _write_discovery(folder, found, model, source, settings, show)
         g = found.circuit.graph
         mib = g.get("mib")
         summary = {
@@ -250,6 +267,7 @@ def nodes(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     top: Annotated[int, typer.Option(min=0, help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
@@ -263,7 +281,7 @@ def nodes(
     with user_errors():
         common.check_names(metric, node_method=method)
         folder = out_dir(out)
-        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             scores = attribute_nodes(
                 mdl, pairs, metric, method, _kinds(kinds), per_position, batch_size,
@@ -306,6 +324,7 @@ def edges(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     top: Annotated[int, typer.Option(min=0, help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
@@ -319,7 +338,7 @@ def edges(
     with user_errors():
         common.check_names(metric, node_method, method)
         folder = out_dir(out)
-        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             node_scores = None
             if keep_nodes is not None:
@@ -365,6 +384,7 @@ def verify(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Annotated[
         int, typer.Option(help="Seed for generated pairs (use another for held-out pairs).")
     ] = 0,
@@ -394,6 +414,8 @@ def verify(
         g = read(circuit)
         model = model or _from_graph(g, "model", "--model")
         metric = metric or str(g.graph.get("metric", "logit_diff"))
+        if bos is None and isinstance(g.graph.get("bos"), bool):
+            bos = g.graph["bos"]  # the pairs the circuit was found on
         if data is None and task is None:
             recorded = g.graph.get("data")
             data = Path(recorded) if recorded else None
@@ -405,7 +427,7 @@ def verify(
             else _own_ranking(g)
         )
         folder = out_dir(out)
-        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         kept = circuit_edges(g)
         faith = evaluate_circuit(mdl, pairs, kept, metric, batch_size)
         mib = mib_scores(mdl, pairs, ranked, metric, grid, batch_size)[0] if grid else None
@@ -487,6 +509,7 @@ def diagnose(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
@@ -500,7 +523,7 @@ def diagnose(
     with user_errors():
         common.check_names(metric, node_method=method)
         folder = out_dir(out)
-        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             scores = attribute_nodes(mdl, pairs, metric, method, _kinds(kinds), batch_size=batch_size,
                                      progress=stages("screen nodes", len(pairs)))  # fmt: skip
@@ -569,8 +592,10 @@ def export_circuit(
 
 @app.command()
 def models() -> None:
-    """List the bundled zoo models (load them with --model zoo:NAME)."""
+    """List the zoo models (load them with --model zoo:NAME): bundled, and real ones that
+    another package ships as GGUF."""
     from circuitgraph import zoo
+    from circuitgraph.tasks import TASKS
 
     found = zoo.list_models()
     if not found:
@@ -580,6 +605,14 @@ def models() -> None:
             f"zoo:{m.name:<16} {m.architecture:<10} {m.size_mb:6.2f} MB  "
             f"tasks: {', '.join(m.tasks)}"
         )
+    for p, path in zoo.packaged_models():
+        where = (
+            f"installed, {path.stat().st_size / 2**20:.0f} MB GGUF"
+            if path
+            else f"not installed: {p.install}"
+        )
+        tasks = [t.name for t in TASKS.values() if p.name in t.models]
+        typer.echo(f"zoo:{p.name:<16} {p.architecture:<10} {where}  tasks: {', '.join(tasks)}")
 
 
 @app.command()
@@ -589,7 +622,7 @@ def tasks() -> None:
 
     for t in TASKS.values():
         fits = ", ".join(f"zoo:{m}" for m in t.models) or "any model"
-        typer.echo(f"{t.name:<14} {t.description}  [fits: {fits}]")
+        typer.echo(f"{t.name:<17} {t.description}  [fits: {fits}]")
 
 
 @app.command()

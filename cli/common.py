@@ -161,22 +161,30 @@ def _join_process_group(device: str | None) -> str:
 
 
 def load_data(
-    model: Any, info: Any, task: str | None, data: Path | None, n_pairs: int, seed: int
+    model: Any,
+    info: Any,
+    task: str | None,
+    data: Path | None,
+    n_pairs: int,
+    seed: int,
+    bos: bool | None = None,
 ) -> tuple[Any, str]:
-    """Prompt pairs from ``--data`` or a built-in ``--task``; returns (pairs, source label)."""
+    """Prompt pairs from ``--data`` or a built-in ``--task``; returns (pairs, source label).
+    ``bos``: --bos / --no-bos (None: the tokenizer's convention)."""
     from circuitgraph.tasks import load_pairs, make_pairs
 
     if task is not None and data is not None:
         raise ConfigError("expected --task or --data but got both; pass one of them")
     if data is not None:
-        pairs = load_pairs(data, model.tokenizer, max_len=info.n_ctx)
+        pairs = load_pairs(data, model.tokenizer, max_len=info.n_ctx, bos=bos)
         if n_pairs and len(pairs) > n_pairs:
             pairs = pairs.select(slice(0, n_pairs))
         return pairs, str(data)
     name = task or DEFAULT_TASK
     if n_pairs < 1:
         raise ConfigError(f"expected --n-pairs of at least 1 but got {n_pairs}")
-    return make_pairs(name, model.tokenizer, n_pairs, seed=seed, max_len=info.n_ctx), name
+    pairs = make_pairs(name, model.tokenizer, n_pairs, seed=seed, max_len=info.n_ctx, bos=bos)
+    return pairs, name
 
 
 def out_dir(path: Path) -> Path:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from circuitgraph.errors import CircuitGraphWarning, DataError
 
-__all__ = ["PromptPairs", "TextPair", "check_pairs", "tokenize_pairs"]
+__all__ = ["PromptPairs", "TextPair", "adds_bos", "check_pairs", "resolve_bos", "tokenize_pairs"]
 
 
 @dataclass(frozen=True)
@@ -173,15 +173,52 @@ def _single_token(tokenizer: Any, text: str, what: str, where: str) -> int:
     return int(ids[0])
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer's own convention puts its BOS token first when it encodes text
+    (Llama and Gemma tokenizers do; GPT-2's, Qwen's and SmolLM2's do not).
+
+    Example:
+        >>> from circuitgraph.zoo.tokenizer import build_word_tokenizer
+        >>> adds_bos(build_word_tokenizer(["a"]))  # the zoo's word-level tokenizer does
+        True
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = list(tokenizer.encode("a", add_special_tokens=True))
+    return len(ids) > len(tokenizer.encode("a", add_special_tokens=False)) and ids[0] == bos
+
+
+def resolve_bos(tokenizer: Any, bos: bool | None) -> bool:
+    """Whether prompts get a BOS token: ``bos`` when given, else the tokenizer's convention.
+
+    Example:
+        >>> from circuitgraph.zoo.tokenizer import build_word_tokenizer
+        >>> resolve_bos(build_word_tokenizer(["a"]), False)
+        False
+    """
+    if bos is None:
+        return adds_bos(tokenizer)
+    if bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise DataError(
+            "expected a tokenizer with a BOS token to prepend (--bos) but this one has none; "
+            "use --no-bos or leave the choice to the tokenizer"
+        )
+    return bool(bos)
+
+
 def tokenize_pairs(
     tokenizer: Any,
     pairs: Sequence[TextPair],
-    prepend_bos: bool = True,
+    bos: bool | None = None,
     max_len: int | None = None,
     where: str = "pair",
     labels: Sequence[str] | None = None,
 ) -> PromptPairs:
     """Tokenize text pairs into a right-padded :class:`PromptPairs` batch.
+
+    ``bos``: prepend the tokenizer's BOS token to every prompt (True), never (False), or as
+    the tokenizer itself does when it encodes text (None, see :func:`adds_bos`).
 
     Raises a :class:`DataError` naming the pair when clean and corrupt tokenize to different
     lengths, when an answer is not one token, or when a prompt is longer than ``max_len``.
@@ -193,7 +230,7 @@ def tokenize_pairs(
     """
     if not pairs:
         raise DataError("expected at least one prompt pair but got none; check the data")
-    bos = getattr(tokenizer, "bos_token_id", None) if prepend_bos else None
+    bos_id = tokenizer.bos_token_id if resolve_bos(tokenizer, bos) else None
     clean, corrupt, answer, wrong = [], [], [], []
     if labels is not None and len(labels) != len(pairs):
         raise DataError(f"expected one label per pair but got {len(labels)} for {len(pairs)} pairs")
@@ -201,8 +238,8 @@ def tokenize_pairs(
         label = f"{where} {i + 1}" if labels is None else labels[i]
         c = list(tokenizer.encode(pair.clean, add_special_tokens=False))
         n = list(tokenizer.encode(pair.corrupt, add_special_tokens=False))
-        if bos is not None:
-            c, n = [bos, *c], [bos, *n]
+        if bos_id is not None:
+            c, n = [bos_id, *c], [bos_id, *n]
         if len(c) != len(n):
             raise DataError(
                 f"{label}: expected clean and corrupt of the same token length but got {len(c)} "

@@ -134,7 +134,8 @@ FAULTS: tuple[Fault, ...] = (
       "model directory '…' does not exist; check the path",
       lambda c: ["nodes", "--model", str(c.tmp / "nope" / "m"), "--out", str(c.out)], shell=True),
     F("model-no-config", "model directory without a config",
-      "expected a Hugging Face model directory with a config.json but … has none",
+      "expected a Hugging Face model directory with a config.json (or a folder with one .gguf "
+      "file) but … has neither",
       lambda c: ["nodes", "--model", str(c.tmp), "--out", str(c.out)]),
     F("model-truncated", "truncated `model.safetensors`",
       "could not read the weights of … (Error while deserializing header: …); the file is "
@@ -238,7 +239,8 @@ FAULTS: tuple[Fault, ...] = (
                                      corrupt=" ".join(c.words[1:2] * 60))])),
                  "--out", str(c.out)]),
     F("task-unknown", "unknown `--task`",
-      "expected a task among ['greater-than', 'induction', 'ioi'] but got 'nope'",
+      "expected a task among ['capitals', 'gendered-pronoun', 'greater-than', 'induction', "
+      "'ioi'] but got 'nope'",
       lambda c: ["nodes", *QUICK, "--task", "nope", "--out", str(c.out)]),
     F("task-and-data", "`--task` and `--data` together",
       "expected --task or --data but got both; pass one of them",

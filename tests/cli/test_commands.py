@@ -95,6 +95,7 @@ def test_discover_writes_every_file(discovered):
     assert mib["fractions"][0] == 0.001 and mib["n_scored"] < mib["n_edges"]
     manifest = json.loads((discovered / "manifest.json").read_text())
     assert manifest["config"]["seed"] == 0 and "torch" in manifest["versions"]
+    assert manifest["config"]["bos"] is True and g.graph["bos"] is True  # the tokenizer's way
 
 
 def test_dot_has_one_node_per_circuit_node_and_ranks_per_layer(discovered):
@@ -230,6 +231,29 @@ def test_edge_fractions_none_skips_mib_and_bad_ones_are_one_line(gpt2_dir, data,
         )  # fmt: skip
         assert result.exit_code == 1 and "edge fractions" in _text(result).replace("-", " ")
         assert "Traceback" not in _text(result)
+
+
+def test_no_bos_is_recorded_and_verify_reuses_it(gpt2_dir, data, tmp_path):
+    found, checked = tmp_path / "found", tmp_path / "checked"
+    args = ["discover", "--model", gpt2_dir, "--data", str(data), "--out", str(found), *SMALL]
+    result = runner.invoke(app, [*args, "--no-bos"])
+    assert result.exit_code == 0, _text(result)
+    g = read_json(found / "circuit.json")
+    assert g.graph["bos"] is False
+    assert json.loads((found / "manifest.json").read_text())["config"]["bos"] is False
+    result = runner.invoke(
+        app, ["verify", str(found / "circuit.json"), "--n-pairs", "10", "--out", str(checked)]
+    )
+    assert result.exit_code == 0, _text(result)
+    got = json.loads((checked / "verify.json").read_text())
+    assert got["metric_clean"] == pytest.approx(g.graph["metric_clean"], abs=1e-9)
+    result = runner.invoke(
+        app,
+        ["verify", str(found / "circuit.json"), "--n-pairs", "10", "--bos", "--out", str(checked)],
+    )
+    assert result.exit_code == 0, _text(result)
+    with_bos = json.loads((checked / "verify.json").read_text())
+    assert with_bos["metric_clean"] != pytest.approx(g.graph["metric_clean"], abs=1e-6)
 
 
 def test_diagnose_command(gpt2_dir, data, tmp_path):
