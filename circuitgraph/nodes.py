@@ -1,6 +1,6 @@
-"""Node and edge identities, and the ONE mapping from nodes to hook names.
+"""Node and edge identities: ids, enumeration, which source can feed which target.
 
-No other module spells a hook name. Ids follow DESIGN §3: ``input``, ``a3.h5`` (head output
+Hook names live in :mod:`circuitgraph.arch`, never here. Ids follow DESIGN §3: ``input``, ``a3.h5`` (head output
 z), ``a3.h5<q>`` (its query), ``m2`` (MLP output), ``m2.n17`` (one neuron), ``logits``;
 per-position nodes add ``@t`` (``a3.h5<q>@7``). In a grouped-query model a key or value
 node is one KV head and says so: ``a3.kv1<k>``. Edges are ``a0.h1->a3.h5<k>``.
@@ -19,18 +19,12 @@ from circuitgraph.model import ModelInfo
 __all__ = [
     "NODE_KINDS",
     "Edge",
-    "HookSite",
     "Node",
     "NodeKind",
-    "TargetSite",
     "can_feed",
     "edge_sources",
     "edge_targets",
     "enumerate_nodes",
-    "hook_site",
-    "hooks",
-    "source_hook",
-    "target_site",
 ]
 
 NodeKind = Literal["input", "head", "q", "k", "v", "mlp", "neuron", "logits"]
@@ -153,158 +147,6 @@ class Edge:
             raise ConfigError(f"expected an edge id like 'a0.h1->a3.h5<k>' but got {text!r}")
         src, dst = text.split("->", 1)
         return cls(Node.parse(src), Node.parse(dst))
-
-
-# --------------------------------------------------------------------------------------
-# Hook names: the only place in the project where they are written down.
-# --------------------------------------------------------------------------------------
-
-
-class hooks:
-    """Hook-point names of a ``TransformerBridge``, by role."""
-
-    embed = "hook_embed"
-
-    @staticmethod
-    def resid_pre(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_pre"
-
-    @staticmethod
-    def resid_mid(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_mid"
-
-    @staticmethod
-    def z(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_z"
-
-    @staticmethod
-    def q(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_q"
-
-    @staticmethod
-    def k(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_k"
-
-    @staticmethod
-    def v(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_v"
-
-    @staticmethod
-    def rot_q(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_rot_q"
-
-    @staticmethod
-    def rot_k(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_rot_k"
-
-    @staticmethod
-    def rot_cos(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_cos"
-
-    @staticmethod
-    def rot_sin(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_sin"
-
-    @staticmethod
-    def pattern(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_pattern"
-
-    @staticmethod
-    def scores(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_attn_scores"
-
-    @staticmethod
-    def attn_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_attn_out"
-
-    @staticmethod
-    def mlp_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_mlp_out"
-
-    @staticmethod
-    def mlp_post(layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_post"
-
-    @staticmethod
-    def ln2_out(layer: int) -> str:
-        return f"blocks.{layer}.ln2.hook_out"
-
-    final_in = "ln_final.hook_in"
-
-
-@dataclass(frozen=True)
-class HookSite:
-    """Where a node lives: a hook name, and the axis that indexes it in the hook's tensor.
-
-    The hook tensor is ``[batch, pos, ...]``; ``head_axis`` (2 for z/q/k/v, None for mlp)
-    or the last axis for neurons is indexed by ``node.index``.
-    """
-
-    name: str
-    index: int | None  # head / KV head at axis 2, or neuron at axis 2; None = whole tensor
-
-
-def hook_site(node: Node) -> HookSite:
-    """The hook that carries a node's activation.
-
-    Example:
-        >>> hook_site(Node("k", 1, 0, grouped=True))
-        HookSite(name='blocks.1.attn.hook_k', index=0)
-    """
-    k, layer = node.kind, node.layer
-    if k == "head":
-        return HookSite(hooks.z(layer), node.index)
-    if k in ("q", "k", "v"):
-        name = {"q": hooks.q, "k": hooks.k, "v": hooks.v}[k](layer)
-        return HookSite(name, node.index)
-    if k == "mlp":
-        return HookSite(hooks.mlp_out(layer), None)
-    if k == "neuron":
-        return HookSite(hooks.mlp_post(layer), node.index)
-    if k == "input":
-        return HookSite(hooks.embed, None)
-    raise ConfigError(f"the {k!r} node has no activation to patch; patch its sources instead")
-
-
-@dataclass(frozen=True)
-class TargetSite:
-    """Where an edge target's input change lands.
-
-    A shift of the residual stream in front of the target's norm (read at ``residual``) is
-    applied at ``name``: a head's q/k/v after its projection (``index``: the head or KV
-    head), an MLP's norm output, or the final residual for the logits (``residual`` None:
-    no norm in between, the shift is added as it is). Going through the target's own norm
-    and projection needs no per-head copy of the residual stream, so every bridge supports it.
-    """
-
-    name: str
-    index: int | None
-    residual: str | None
-
-
-def target_site(node: Node) -> TargetSite:
-    """Where an edge target's input is read and where a change to it is applied.
-
-    Example:
-        >>> target_site(Node("k", 2, 1))
-        TargetSite(name='blocks.2.attn.hook_k', index=1, residual='blocks.2.hook_resid_pre')
-    """
-    if node.kind in ("q", "k", "v"):
-        return TargetSite(hook_site(node).name, node.index, hooks.resid_pre(node.layer))
-    if node.kind == "mlp":
-        return TargetSite(hooks.ln2_out(node.layer), None, hooks.resid_mid(node.layer))
-    if node.kind == "logits":
-        return TargetSite(hooks.final_in, None, None)
-    raise ConfigError(
-        f"expected an edge target (a head's q/k/v input, an MLP or logits) but got {node.id}"
-    )
-
-
-def source_hook(node: Node) -> str:
-    """The hook whose activation gives a source's output (heads: z, times W_O)."""
-    if node.kind in ("input", "head", "mlp"):
-        return hook_site(node).name
-    raise ConfigError(f"expected an edge source (input, a head or an MLP) but got {node.id}")
 
 
 def edge_sources(info: ModelInfo) -> list[Node]:

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitgraph.errors import ConfigError
+from circuitgraph.errors import ConfigError, DataError
 from circuitgraph.nodes import Edge, Node
 
 __all__ = ["EdgeScores", "NodeScores"]
@@ -107,6 +107,7 @@ class NodeScores:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeScores:
+        _check_schema(data, "circuitgraph.node_scores/1", "node scores (nodes.json)")
         rows = data["nodes"]
         return cls(
             nodes=tuple(Node.parse(r["id"]) for r in rows),
@@ -220,6 +221,7 @@ class EdgeScores:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EdgeScores:
+        _check_schema(data, "circuitgraph.edge_scores/1", "edge scores (edges.json)")
         sources = tuple(Node.parse(s) for s in data["sources"])
         targets = tuple(Node.parse(t) for t in data["targets"])
         si = {n: i for i, n in enumerate(sources)}
@@ -246,3 +248,12 @@ class EdgeScores:
             signed, score = self[e]
             g.add_edge(e.src.id, e.dst.id, signed=signed, score=score)
         return g
+
+
+def _check_schema(data: Any, schema: str, what: str) -> None:
+    got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+    if got != schema:
+        raise DataError(
+            f"expected {what} with schema {schema!r} but got {got!r}; pass a file that "
+            "circuitgraph wrote"
+        )

@@ -82,17 +82,14 @@ def check_names(
 ) -> None:
     """Refuse an unknown metric or method before any model is loaded."""
     from circuitgraph.attribution import get_estimator
-    from circuitgraph.attribution.edges import EDGE_ESTIMATORS
     from circuitgraph.tasks.metrics import get_metric
 
     if metric is not None:
         get_metric(metric)
     if node_method is not None:
-        get_estimator(node_method)
-    if edge_method is not None and edge_method not in EDGE_ESTIMATORS:
-        raise ConfigError(
-            f"expected an edge method among {sorted(EDGE_ESTIMATORS)} but got {edge_method!r}"
-        )
+        get_estimator(node_method, "node")
+    if edge_method is not None:
+        get_estimator(edge_method, "edge")
 
 
 def load(model_spec: str, device: str | None, dtype: str | None) -> tuple[Any, Any]:

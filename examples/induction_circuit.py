@@ -11,7 +11,7 @@ among them and draws the circuit.
 
 from walkthrough import main
 
-from circuitgraph.discover import DiscoverConfig
+from circuitgraph.pipeline import DiscoverConfig
 
 if __name__ == "__main__":
     config = DiscoverConfig(keep_nodes=12, edge_top_n=12, verify_k=8, diagnose_subsets=50)

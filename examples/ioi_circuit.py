@@ -11,7 +11,7 @@ ones exactly, attributes edges among them and draws the circuit.
 
 from walkthrough import main
 
-from circuitgraph.discover import DiscoverConfig
+from circuitgraph.pipeline import DiscoverConfig
 
 if __name__ == "__main__":
     config = DiscoverConfig(keep_nodes=16, edge_top_n=16, verify_k=10, diagnose_subsets=50)

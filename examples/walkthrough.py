@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from circuitgraph import load_model
-from circuitgraph.discover import DiscoverConfig, discover_circuit
 from circuitgraph.errors import ExportError
 from circuitgraph.export import render, write_json
+from circuitgraph.pipeline import DiscoverConfig, discover_circuit
 from circuitgraph.tasks import make_pairs
 
 

@@ -130,7 +130,7 @@ def test_circuit_of_one_edge_equals_patching_all_but_that_edge(tiny_gpt2):
 
 
 def test_faithfulness_curve_is_the_circuit_faithfulness_of_each_top_n(tiny_gpt2):
-    from circuitgraph.attribution.edges import attribute_edges
+    from circuitgraph.attribution import attribute_edges
     from circuitgraph.patching import faithfulness_curve
 
     model, _ = tiny_gpt2

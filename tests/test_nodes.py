@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from circuitgraph.arch import hook_site
 from circuitgraph.errors import ConfigError
-from circuitgraph.nodes import Edge, Node, enumerate_nodes, hook_site
+from circuitgraph.nodes import Edge, Node, enumerate_nodes
 
 
 @st.composite

@@ -21,10 +21,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.attribution.atp import BatchRun, Site, atp_graddrop, atp_star, node_effects
+from circuitgraph.attribution.sites import Site, node_effects
 from circuitgraph.nodes import Node
+from circuitgraph.run import BatchRun
 
-__all__ = ["abs_sum", "atp_graddrop", "atp_star", "drop_layers", "score"]
+__all__ = ["abs_sum", "drop_layers", "score"]
 
 
 def drop_layers(nodes: Sequence[Node], n_layers: int) -> tuple[int, ...]:

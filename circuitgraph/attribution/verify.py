@@ -15,7 +15,8 @@ from torch import Tensor
 
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
-from circuitgraph.patching import Mode, Progress, patch_nodes
+from circuitgraph.patching import patch_nodes
+from circuitgraph.run import Mode, Progress
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs

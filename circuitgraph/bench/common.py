@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from circuitgraph.arch import hooks
 from circuitgraph.errors import ConfigError
-from circuitgraph.hooking import attached
 from circuitgraph.model import load_model
-from circuitgraph.nodes import hooks
+from circuitgraph.run import attached
 from circuitgraph.tasks.metrics import answer_logits, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
 

@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from circuitgraph.attribution import attribute_nodes
-from circuitgraph.attribution.edges import EdgeSet, attribute_edges
+from circuitgraph.attribution import EdgeSet, attribute_edges, attribute_nodes
 from circuitgraph.bench.common import bare_passes, interleaved_min, random_pairs
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import enumerate_nodes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitgraph.attribution.edges import (
+from circuitgraph.attribution import (
     EDGE_ESTIMATORS,
     EdgeSet,
     attribute_edges,
@@ -253,6 +253,7 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     # With m steps and the KL metric, each interpolation point is compared with the clean
     # distribution: check against a hand-rolled average of two one-step runs.
     from circuitgraph.attribution import edges as E
+    from circuitgraph.run import capture, clean_reference
 
     model, info = tiny_gpt2
     pairs = random_pairs(3)
@@ -263,8 +264,8 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     w = E.attn_weights(model)
     batch = pairs
     names = sorted({E.source_hook(s) for s in cands.sources} | {E.hooks.embed})
-    acts_src = E._capture(model, batch.corrupt, names)
-    ref = E._clean_reference(model, batch, get_metric("kl"))
+    acts_src = capture(model, batch.corrupt, names)
+    ref = clean_reference(model, batch, get_metric("kl"))
     run = E._GradRun(model, batch.clean, batch, get_metric("kl"), ref, cands, w)
     _, acts_base, _ = run(None, names)
     mid = acts_src[E.hooks.embed] + 0.5 * (acts_base[E.hooks.embed] - acts_src[E.hooks.embed])
