@@ -18,8 +18,8 @@ For each tiny random family model of ``tests/families.py`` (loaded through
 
     python -m benchmarks.arch_survey [FAMILY ...] [--json out.json]
 
-Takes a few minutes on one core (one thread). Written against the pre-issue-11 API
-(``circuitgraph.attribution.attribute_nodes``, ``.edges.attribute_edges``).
+Takes about 15 minutes on one core (one thread); ``--table FILE.json`` prints the compact
+table of an earlier run. Uses the flat API (``cg.attribute_nodes``, ``cg.attribute_edges``).
 """
 
 from __future__ import annotations
@@ -416,7 +416,7 @@ def by_kind(nodes: list[Any], f: Any) -> dict[str, Any]:
 
 
 def node_survey(bridge: Any, info: Any, ref: Reference, pp: Any) -> dict[str, Any]:
-    from circuitgraph.attribution import attribute_nodes
+    from circuitgraph import attribute_nodes
 
     nodes = node_list(info)
     if ref.map.layers[0].down is None:
@@ -439,7 +439,9 @@ def node_survey(bridge: Any, info: Any, ref: Reference, pp: Any) -> dict[str, An
 
 
 def edge_survey(bridge: Any, info: Any, ref: Reference, pp: Any) -> dict[str, Any]:
-    from circuitgraph.attribution.edges import EDGE_ESTIMATORS, EdgeSet, attribute_edges
+    from circuitgraph import attribute_edges
+    from circuitgraph.attribution import EdgeSet, get_estimator
+    from circuitgraph.run import resolve
 
     out: dict[str, Any] = {}
     cands = EdgeSet.full(info)
@@ -459,20 +461,13 @@ def edge_survey(bridge: Any, info: Any, ref: Reference, pp: Any) -> dict[str, An
             out[method] = {"error": one_line(err), "where": _where(err)}
             if "parallel" in str(err):  # what the estimator would give if not refused
                 try:
-                    est = EDGE_ESTIMATORS[method]
-                    scores = est(bridge, pp, cands, _metric(), batch_size=32, mode="noising",
-                                 progress=None)  # fmt: skip
+                    pairs, metric, opts = resolve(bridge, pp, "logit_diff")
+                    scores = get_estimator(method, "edge")(bridge, pairs, cands, metric, opts)
                     out[method + " (refusal bypassed)"] = _edge_compare(scores, valid, truth)
                 except Exception as err2:
                     out[method + " (refusal bypassed)"] = {
                         "error": one_line(err2), "where": _where(err2)}  # fmt: skip
     return out
-
-
-def _metric() -> Any:
-    from circuitgraph.tasks.metrics import get_metric
-
-    return get_metric("logit_diff")
 
 
 def _ref_valid(ref: Reference, e: Any) -> bool:
@@ -535,8 +530,8 @@ def survey(name: str) -> dict[str, Any]:
     rec["cfg"] = cfg_facts(bridge)
     rec["hooks"] = hook_table(bridge, ref, p.clean)
     rec["weights"] = weight_checks(bridge, ref, p.clean)
-    down = ref.map.layers[0].down
-    rec["d_mlp"] = {"project": info.d_mlp, "model": None if down is None else down.in_features}
+    neurons = ref.clean.get(("neuron", 0))
+    rec["d_mlp"] = {"project": info.d_mlp, "model": None if neurons is None else neurons.shape[-1]}
     rec["scores"] = scores_model(bridge, p.clean)
     pp = project_pairs(p)
     rec["nodes"] = node_survey(bridge, info, ref, pp)
@@ -562,9 +557,8 @@ def twin_pairs(p: RefPairs) -> RefPairs:
 def twin_survey(name: str) -> dict[str, Any]:
     """At a vanishing perturbation (twin tokens) every estimate must equal exact patching to
     first order: AtP, the QK fix and AtP* on nodes; EAP, EAP-IG and edge AtP* on edges."""
-    from circuitgraph.attribution import attribute_nodes
-    from circuitgraph.attribution.edges import EdgeSet, attribute_edges
-    from circuitgraph.model import load_model
+    from circuitgraph import attribute_edges, attribute_nodes, load_model
+    from circuitgraph.attribution import EdgeSet
 
     out: dict[str, Any] = {}
     p = twin_pairs(make_pairs())

@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from circuitgraph.zoo.tokenizer import build_word_tokenizer
 
 __all__ = [
     "D_VOCAB", "FAMILIES", "TWIN_OFFSET", "VOCAB_WORDS", "Family", "build", "randomise",
-    "save_family",
+    "save_family", "task_words",
 ]  # fmt: skip
 
 VOCAB_WORDS = [f"w{i}" for i in range(44)]  # + 4 special tokens = 48 ids
@@ -45,7 +45,7 @@ class Family:
     """One family variant: how to build it and what it is meant to exercise."""
 
     name: str
-    make: Callable[[int], Any]  # layers → a fresh transformers model (random init)
+    make: Callable[[int, int], Any]  # (layers, vocab size) → a fresh model (random init)
     exercises: str
 
 
@@ -60,21 +60,21 @@ def _rope(partial: float = 1.0) -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": partial}
 
 
-def _gpt2(layers: int) -> Any:
+def _gpt2(layers: int, vocab: int) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return _eager(GPT2LMHeadModel, GPT2Config(
-        vocab_size=D_VOCAB, n_positions=N_CTX, n_embd=WIDTH, n_layer=layers, n_head=HEADS,
+        vocab_size=vocab, n_positions=N_CTX, n_embd=WIDTH, n_layer=layers, n_head=HEADS,
         n_inner=D_MLP, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **_IDS,
     ))  # fmt: skip
 
 
-def _neox(parallel: bool, partial: float) -> Callable[[int], Any]:
-    def make(layers: int) -> Any:
+def _neox(parallel: bool, partial: float) -> Callable[[int, int], Any]:
+    def make(layers: int, vocab: int) -> Any:
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
         return _eager(GPTNeoXForCausalLM, GPTNeoXConfig(
-            vocab_size=D_VOCAB, hidden_size=WIDTH, num_hidden_layers=layers,
+            vocab_size=vocab, hidden_size=WIDTH, num_hidden_layers=layers,
             num_attention_heads=HEADS, intermediate_size=D_MLP, max_position_embeddings=N_CTX,
             use_parallel_residual=parallel, rope_parameters=_rope(partial), attention_bias=True,
             tie_word_embeddings=False, hidden_dropout=0.0, attention_dropout=0.0, **_IDS,
@@ -83,45 +83,45 @@ def _neox(parallel: bool, partial: float) -> Callable[[int], Any]:
     return make
 
 
-def _gptj(layers: int) -> Any:
+def _gptj(layers: int, vocab: int) -> Any:
     from transformers import GPTJConfig, GPTJForCausalLM
 
     return _eager(GPTJForCausalLM, GPTJConfig(
-        vocab_size=D_VOCAB, n_positions=N_CTX, n_embd=WIDTH, n_layer=layers, n_head=HEADS,
+        vocab_size=vocab, n_positions=N_CTX, n_embd=WIDTH, n_layer=layers, n_head=HEADS,
         rotary_dim=8, n_inner=D_MLP, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         tie_word_embeddings=False, **_IDS,
     ))  # fmt: skip
 
 
-def _phi(layers: int) -> Any:
+def _phi(layers: int, vocab: int) -> Any:
     from transformers import PhiConfig, PhiForCausalLM
 
     return _eager(PhiForCausalLM, PhiConfig(
-        vocab_size=D_VOCAB, hidden_size=WIDTH, intermediate_size=D_MLP, num_hidden_layers=layers,
+        vocab_size=vocab, hidden_size=WIDTH, intermediate_size=D_MLP, num_hidden_layers=layers,
         num_attention_heads=HEADS, max_position_embeddings=N_CTX, rope_parameters=_rope(0.5),
         resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, **_IDS,
     ))  # fmt: skip
 
 
-def _phi3(layers: int) -> Any:
+def _phi3(layers: int, vocab: int) -> Any:
     from transformers import Phi3Config, Phi3ForCausalLM
 
     return _eager(Phi3ForCausalLM, Phi3Config(
-        vocab_size=D_VOCAB, hidden_size=WIDTH, intermediate_size=D_MLP, num_hidden_layers=layers,
+        vocab_size=vocab, hidden_size=WIDTH, intermediate_size=D_MLP, num_hidden_layers=layers,
         num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=N_CTX,
         original_max_position_embeddings=N_CTX, resid_pdrop=0.0, embd_pdrop=0.0,
         attention_dropout=0.0, tie_word_embeddings=False, **_IDS,
     ))  # fmt: skip
 
 
-def _llama_like(config: str, model: str, **extra: Any) -> Callable[[int], Any]:
+def _llama_like(config: str, model: str, **extra: Any) -> Callable[[int, int], Any]:
     """Llama, Mistral, Mixtral, Qwen2/3, Gemma 1/2/3, OLMo 1/2, StableLM: one shape of config."""
 
-    def make(layers: int) -> Any:
+    def make(layers: int, vocab: int) -> Any:
         import transformers
 
         cfg = getattr(transformers, config)(
-            vocab_size=D_VOCAB, hidden_size=WIDTH, intermediate_size=D_MLP,
+            vocab_size=vocab, hidden_size=WIDTH, intermediate_size=D_MLP,
             num_hidden_layers=layers, num_attention_heads=HEADS, max_position_embeddings=N_CTX,
             attention_dropout=0.0, **_IDS, **extra,
         )  # fmt: skip
@@ -130,32 +130,32 @@ def _llama_like(config: str, model: str, **extra: Any) -> Callable[[int], Any]:
     return make
 
 
-def _opt(layers: int) -> Any:
+def _opt(layers: int, vocab: int) -> Any:
     from transformers import OPTConfig, OPTForCausalLM
 
     return _eager(OPTForCausalLM, OPTConfig(
-        vocab_size=D_VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, ffn_dim=D_MLP,
+        vocab_size=vocab, hidden_size=WIDTH, num_hidden_layers=layers, ffn_dim=D_MLP,
         num_attention_heads=HEADS, max_position_embeddings=N_CTX, word_embed_proj_dim=WIDTH,
         do_layer_norm_before=True, enable_bias=True, dropout=0.0, attention_dropout=0.0,
         layerdrop=0.0, **_IDS,
     ))  # fmt: skip
 
 
-def _bloom(layers: int) -> Any:
+def _bloom(layers: int, vocab: int) -> Any:
     from transformers import BloomConfig, BloomForCausalLM
 
     return _eager(BloomForCausalLM, BloomConfig(
-        vocab_size=D_VOCAB, hidden_size=WIDTH, n_layer=layers, n_head=HEADS,
+        vocab_size=vocab, hidden_size=WIDTH, n_layer=layers, n_head=HEADS,
         hidden_dropout=0.0, attention_dropout=0.0, **_IDS,
     ))  # fmt: skip
 
 
-def _falcon(**variant: Any) -> Callable[[int], Any]:
-    def make(layers: int) -> Any:
+def _falcon(**variant: Any) -> Callable[[int, int], Any]:
+    def make(layers: int, vocab: int) -> Any:
         from transformers import FalconConfig, FalconForCausalLM
 
         return _eager(FalconForCausalLM, FalconConfig(
-            vocab_size=D_VOCAB, hidden_size=WIDTH, num_hidden_layers=layers,
+            vocab_size=vocab, hidden_size=WIDTH, num_hidden_layers=layers,
             num_attention_heads=HEADS, max_position_embeddings=N_CTX, ffn_hidden_size=D_MLP,
             bias=True, hidden_dropout=0.0, attention_dropout=0.0, **_IDS, **variant,
         ))  # fmt: skip
@@ -163,11 +163,11 @@ def _falcon(**variant: Any) -> Callable[[int], Any]:
     return make
 
 
-def _bigcode(layers: int) -> Any:
+def _bigcode(layers: int, vocab: int) -> Any:
     from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
 
     return _eager(GPTBigCodeForCausalLM, GPTBigCodeConfig(
-        vocab_size=D_VOCAB, n_positions=N_CTX, n_embd=WIDTH, n_layer=layers, n_head=HEADS,
+        vocab_size=vocab, n_positions=N_CTX, n_embd=WIDTH, n_layer=layers, n_head=HEADS,
         n_inner=D_MLP, multi_query=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         **_IDS,
     ))  # fmt: skip
@@ -267,7 +267,9 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 TWIN_OFFSET = len(VOCAB_WORDS) // 2
 
 
-def build(name: str, seed: int = 0, layers: int = LAYERS, twin: float = 0.0) -> Any:
+def build(
+    name: str, seed: int = 0, layers: int = LAYERS, twin: float = 0.0, vocab: int = D_VOCAB
+) -> Any:
     """A fresh float32 model of the family, randomised with ``seed``, in eval mode.
 
     ``twin`` > 0 makes every word 4 + j + TWIN_OFFSET (j < TWIN_OFFSET) a near-copy of word
@@ -275,7 +277,7 @@ def build(name: str, seed: int = 0, layers: int = LAYERS, twin: float = 0.0) -> 
     activation, where attribution patching must equal exact patching to first order.
     """
     torch.manual_seed(seed)
-    model = FAMILIES[name].make(layers).to(torch.float32)
+    model = FAMILIES[name].make(layers, vocab).to(torch.float32)
     randomise(model, seed)
     if twin:
         gen = torch.Generator().manual_seed(seed + 1)
@@ -288,10 +290,26 @@ def build(name: str, seed: int = 0, layers: int = LAYERS, twin: float = 0.0) -> 
 
 
 def save_family(
-    name: str, path: str | Path, seed: int = 0, layers: int = LAYERS, twin: float = 0.0
+    name: str,
+    path: str | Path,
+    seed: int = 0,
+    layers: int = LAYERS,
+    twin: float = 0.0,
+    words: Sequence[str] = VOCAB_WORDS,
 ) -> str:
-    """Write the family's model and the word-level tokenizer to ``path``; return it."""
-    model = build(name, seed, layers, twin)
+    """Write the family's model and a word-level tokenizer of ``words`` to ``path``.
+
+    The default 44 words keep the embedding tiny; pass :func:`task_words` for a model that
+    the built-in tasks (and so ``circuitgraph discover``) can run on.
+    """
+    model = build(name, seed, layers, twin, vocab=len(words) + 4)
     model.save_pretrained(str(path))
-    build_word_tokenizer(VOCAB_WORDS, path)
+    build_word_tokenizer(words, path)
     return str(path)
+
+
+def task_words() -> tuple[str, ...]:
+    """The zoo's vocabulary: every word the built-in tasks use (about 330)."""
+    from circuitgraph.zoo.corpus import vocabulary
+
+    return vocabulary()
