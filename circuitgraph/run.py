@@ -1,9 +1,15 @@
 """The run layer: everything that runs the model for patching and attribution.
 
 Attaching hooks (always undone), capturing activations and gradients, the unpatched base
-run and its metric, the clean reference distribution (KL), the device, and the options
-every estimator receives resolved. Patching and every estimator build on this module and
-nothing below it runs the model.
+run and its metric, the clean reference distribution (KL), the device, the options every
+estimator receives resolved, and data parallelism. Patching and every estimator build on
+this module and nothing below it runs the model.
+
+Data parallel (``torchrun``): when ``torch.distributed`` is initialised, every estimator
+streams only this rank's share of the batches (:meth:`RunOptions.batches`, batch i on rank
+i mod world size) and all-reduces its per-pair sums once at the end
+(:meth:`RunOptions.reduce`) before dividing by the number of pairs, so every rank ends with
+the result of a single process over all pairs.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ __all__ = [
     "resolve",
     "rows_per_pass",
     "run_metric",
+    "world",
 ]
 
 HookFn = Callable[..., Any]
@@ -83,6 +90,58 @@ class RunOptions:
         """Report ``done`` units of work to the progress callback, if any."""
         if self.progress is not None:
             self.progress(done)
+
+    def batches(self, pairs: PromptPairs) -> Iterator[PromptPairs]:
+        """This process's share of the batches: all of them, or under ``torchrun`` every
+        world-size-th one (the same batches a single process would make).
+
+        Example:
+            >>> p = PromptPairs.from_tokens([[1, 2]] * 5, [[1, 3]] * 5, [4] * 5, [5] * 5)
+            >>> [len(b) for b in RunOptions(batch_size=2).batches(p)]
+            [2, 2, 1]
+        """
+        rank, size = world()
+        for i, batch in enumerate(pairs.batches(self.batch_size)):
+            if i % size == rank:
+                yield batch
+
+    def reduce(self, total: Tensor) -> Tensor:
+        """Sum ``total`` over the processes of a ``torchrun`` job (itself in one process).
+
+        Every process must call it the same number of times: estimators call it once on
+        their per-pair sums, after their last batch.
+
+        Example:
+            >>> RunOptions().reduce(torch.ones(2)).tolist()
+            [1.0, 1.0]
+        """
+        if world()[1] == 1:
+            return total
+        import torch.distributed as dist
+
+        # NCCL reduces tensors on the GPU only; gloo on the CPU
+        on = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else total.device
+        )
+        work = total.detach().to(on).clone()
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        return work.to(total.device)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless ``torch.distributed`` is initialised.
+
+    Example:
+        >>> world()
+        (0, 1)
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def resolve(

@@ -134,6 +134,8 @@ def _write_discovery(
     from circuitgraph import export
     from circuitgraph.graph import circuit_edges
 
+    if not common.lead():  # under torchrun every rank holds the same results; rank 0 writes
+        return []
     exact = {r["node"]: r["true"] for r in found.verification.rows()} if found.verification else {}
     in_circuit = {e.id for e in circuit_edges(found.circuit)}
     files = {
@@ -492,7 +494,8 @@ def bench(
     with user_errors():
         if threads < 1:
             raise ConfigError(f"expected --threads of at least 1 but got {threads}")
-        on_gpu = resolve_device(device).type != "cpu"
+        device = str(resolve_device(device))  # "cuda" -> "cuda:0": every part sees one GPU
+        on_gpu = device != "cpu"
         config = BenchConfig.gpu(device) if on_gpu and not quick else BenchConfig()
         if quick:
             config = replace(BenchConfig.quick(), device=device)

@@ -32,7 +32,7 @@ from circuitgraph.attribution.registry import (
 from circuitgraph.attribution.verify import Verification, verify_nodes
 from circuitgraph.errors import ModelStateError
 from circuitgraph.model import ModelInfo, model_info
-from circuitgraph.nodes import Node, enumerate_nodes
+from circuitgraph.nodes import Node, fixed, node_array
 from circuitgraph.run import Progress, resolve
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.metrics import Metric, check_finite
@@ -103,8 +103,8 @@ def attribute_nodes(
     pairs, resolved, opts = resolve(model, pairs, metric, batch_size, mode, progress)
     if nodes is None:
         seq_len = pairs.seq_len if per_position else None
-        nodes = enumerate_nodes(model_info(model), kinds, per_position, seq_len)
-    scores: NodeScores = estimator(model, pairs, list(nodes), resolved, opts, **options)
+        nodes = node_array(model_info(model), kinds, per_position, seq_len)
+    scores: NodeScores = estimator(model, pairs, fixed(nodes), resolved, opts, **options)
     check_finite(scores.score, f"the {method} node scores")
     return scores
 

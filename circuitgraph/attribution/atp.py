@@ -26,7 +26,7 @@ from circuitgraph.attribution.registry import Estimator, register
 from circuitgraph.attribution.sites import Site, build_sites, node_effects
 from circuitgraph.errors import ConfigError
 from circuitgraph.model import model_info
-from circuitgraph.nodes import Node
+from circuitgraph.nodes import Node, fixed
 from circuitgraph.run import BatchRun, Plan, RunOptions, clean_run, model_device
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric
@@ -67,7 +67,7 @@ def run_atp(
     Example:
         >>> s = run_atp(model, pairs, nodes, metric, Variant("atp"), RunOptions())  # doctest: +SKIP
     """
-    nodes = list(nodes)
+    nodes = fixed(nodes)
     _check_nodes(nodes)
     device = model_device(model)
     info = model_info(model)
@@ -87,17 +87,17 @@ def run_atp(
             return plain, None
         return plain, graddrop.abs_sum(run, plain, sites, drops, nodes, info.n_layers, qk)
 
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         work = batch if opts.mode == "noising" else batch.swapped()
         plain, dropped = clean_run(model, work, metric, plan, opts.mode, body)
         signed += plain.sum(0).double().cpu()
         if dropped is not None:
             gd += dropped.sum(0).double().cpu()
         opts.advance(len(batch))
-    signed /= len(pairs)
+    signed, gd = opts.reduce(signed) / len(pairs), opts.reduce(gd)
     score = graddrop.score(gd, len(pairs), info.n_layers) if variant.graddrop else signed.abs()
     return NodeScores(
-        tuple(nodes), signed, score, variant.name, metric.name, len(pairs),
+        nodes, signed, score, variant.name, metric.name, len(pairs),
         forward_passes=2.0, backward_passes=1.0 + len(drops),
         meta={"mode": opts.mode, "ranked_by": _ranked_by(variant), "dropped_layers": list(drops)},
     )  # fmt: skip

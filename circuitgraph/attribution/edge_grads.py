@@ -9,7 +9,7 @@ from the final norm's input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,13 @@ from circuitgraph.arch import grad_hook, hooks, norm_input_hook
 from circuitgraph.nodes import Node
 from circuitgraph.weights import AttnWeights, norm_module, norm_vjp
 
-__all__ = ["TargetGroup", "input_grads", "normed_grad", "target_groups"]
+__all__ = [
+    "TargetGroup",
+    "input_grad_blocks",
+    "input_grads",
+    "normed_grad",
+    "target_groups",
+]
 
 
 @dataclass(frozen=True)
@@ -56,26 +62,43 @@ def input_grads(
     """∂L/∂in_v for the targets of ``groups``, in the candidates' columns (zero elsewhere),
     shaped, typed and placed like the residual stream ``like``.
 
-    The gradient at each group's hook is pulled back through its projection, then through
-    its norm: one vector–Jacobian product per norm for all the cotangents that meet there
-    (a layer's q, k and v heads share one).
+    Example:
+        >>> g_in = input_grads(model, groups, grads, acts, weights, len(targets), resid)  # doctest: +SKIP
     """
     out = like.new_zeros(n_targets, *like.shape)
-    # The groups that read one residual stream all go through one norm (ln1 for a layer's
-    # q/k/v, ln2 for its MLP); their cotangents are made one norm at a time, so no more
-    # than one layer's are alive beside ``out``.
+    for cols, block in input_grad_blocks(model, groups, grads, acts, weights):
+        out[cols] = block.to(out.dtype)
+    return out
+
+
+def input_grad_blocks(
+    model: Any,
+    groups: Sequence[TargetGroup],
+    grads: dict[str, Tensor],
+    acts: dict[str, Tensor],
+    weights: AttnWeights,
+) -> Iterator[tuple[list[int], Float[Tensor, "v b t d"]]]:
+    """(columns, ∂L/∂in_v of those targets), one norm at a time.
+
+    The gradient at each group's hook is pulled back through its projection, then through
+    its norm: one vector–Jacobian product per norm for all the cotangents that meet there
+    (a layer's q, k and v heads share ln1, its MLP ln2; the logits read the final norm's
+    input directly), so no more than one norm's cotangents are alive at once.
+
+    Example:
+        >>> blocks = list(input_grad_blocks(model, groups, grads, acts, weights))  # doctest: +SKIP
+    """
     at_norm: dict[str | None, list[TargetGroup]] = {}
     for g in groups:
         at_norm.setdefault(norm_input_hook(g.kind, g.layer), []).append(g)
     for x_name, members in at_norm.items():
         cols = [c for g in members for c in g.cols]
-        if x_name is None:  # logits read the final norm's input directly
-            out[cols] = grads[hooks.final_in].unsqueeze(0).to(out.dtype)
+        if x_name is None:
+            yield cols, grads[hooks.final_in].unsqueeze(0)
             continue
         cotangents = torch.cat([normed_grad(g, grads, weights) for g in members])
         norm = norm_module(model, members[0].kind, members[0].layer)
-        out[cols] = norm_vjp(norm, acts[x_name], cotangents).to(out.dtype)
-    return out
+        yield cols, norm_vjp(norm, acts[x_name], cotangents)
 
 
 def normed_grad(

@@ -12,7 +12,7 @@ corrupt), k = 1..m), so ``eap-ig`` with one step is ``eap``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,9 +22,10 @@ from torch import Tensor
 
 from circuitgraph.arch import grad_hook, hooks, norm_input_hook, source_hook
 from circuitgraph.attribution.candidates import EdgeSet
-from circuitgraph.attribution.edge_grads import input_grads, target_groups
+from circuitgraph.attribution.edge_grads import TargetGroup, input_grad_blocks, target_groups
 from circuitgraph.attribution.registry import register
 from circuitgraph.errors import ConfigError
+from circuitgraph.nodes import Node
 from circuitgraph.run import HookFn, RunOptions, attached, capture, clean_reference, keep
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, widen
@@ -36,14 +37,23 @@ __all__ = ["eap", "eap_ig"]
 
 @register("eap", "edge")
 def eap(
-    model: Any, pairs: PromptPairs, cands: EdgeSet, metric: Metric, opts: RunOptions
+    model: Any,
+    pairs: PromptPairs,
+    cands: EdgeSet,
+    metric: Metric,
+    opts: RunOptions,
+    max_memory: float | None = None,
 ) -> EdgeScores:
     """Edge attribution patching: Δout_u · ∂L/∂in_v, every edge from one backward pass.
+
+    ``max_memory`` bounds the working memory of the contraction in bytes (default: a
+    quarter of the GPU's free memory, 2 GiB on a CPU): sources and targets are taken in
+    tiles that fit, so memory does not grow with the number of edges.
 
     Example:
         >>> scores = eap(model, pairs, EdgeSet.full(info), metric, RunOptions())  # doctest: +SKIP
     """
-    return _integrated(model, pairs, cands, metric, 1, opts, "eap")
+    return _integrated(model, pairs, cands, metric, 1, opts, "eap", max_memory)
 
 
 @register("eap-ig", "edge")
@@ -54,6 +64,7 @@ def eap_ig(
     metric: Metric,
     opts: RunOptions,
     steps: int = 5,
+    max_memory: float | None = None,
 ) -> EdgeScores:
     """EAP with integrated gradients over the input embeddings (``steps`` points).
 
@@ -62,7 +73,7 @@ def eap_ig(
     """
     if steps < 1:
         raise ConfigError(f"expected at least one integration step but got {steps}")
-    return _integrated(model, pairs, cands, metric, steps, opts, "eap-ig")
+    return _integrated(model, pairs, cands, metric, steps, opts, "eap-ig", max_memory)
 
 
 def _integrated(
@@ -73,14 +84,16 @@ def _integrated(
     steps: int,
     opts: RunOptions,
     method: str,
+    max_memory: float | None,
 ) -> EdgeScores:
     weights = attn_weights(model)
     total = torch.zeros(len(cands.sources), len(cands.targets), dtype=torch.float64)
-    for batch in pairs.batches(opts.batch_size):
-        total += _integrated_batch(model, batch, cands, metric, steps, opts.mode, weights).cpu()
+    for batch in opts.batches(pairs):
+        part = _integrated_batch(model, batch, cands, metric, steps, opts.mode, weights, max_memory)
+        total += part.cpu()
         opts.advance(len(batch))
     # where, not a product: an overflowed product of a non-edge must not become NaN
-    signed = torch.where(cands.valid, total / len(pairs), 0.0)
+    signed = torch.where(cands.valid, opts.reduce(total) / len(pairs), 0.0)
     return EdgeScores(
         cands.sources, cands.targets, signed, signed.abs(), cands.valid.clone(), method,
         metric.name, len(pairs), forward_passes=2.0 + steps, backward_passes=float(steps),
@@ -96,7 +109,8 @@ def _integrated_batch(
     steps: int,
     mode: str,
     weights: AttnWeights,
-) -> Float[Tensor, "s t"]:
+    max_memory: float | None,
+) -> Float[Tensor, "s v"]:
     """Σ over pairs of Δout_u · mean_k ∂L/∂in_v(x_k) for every candidate edge.
 
     The point k = m is the base run itself; it goes first and also records the base run's
@@ -107,31 +121,149 @@ def _integrated_batch(
     acts_src = capture(model, src, names)
     reference = None if mode == "noising" else clean_reference(model, batch, metric)
     run = _GradRun(model, base, batch, metric, reference, cands, weights)
-    grads, acts_base, logits = run(None, names)
+    point, acts_base, logits = run(None, names)
     if reference is None:
         # noising: the base run is the clean run, the reference for every later point
         run = replace(run, reference=clean_reference(model, batch, metric, logits))
     # Every source output is linear in its hook's activation: difference the activations first.
-    delta = source_outputs({n: acts_src[n] - acts_base[n] for n in names}, cands.sources, weights)
-    total = _contract(delta, grads)
+    diff = {n: acts_src[n] - acts_base[n] for n in names}
+    tiles = _Tiles.plan(cands, diff, weights, acts_base[hooks.embed], max_memory)
+    total = tiles.contract(point)
     e_base, e_src = acts_base[hooks.embed], acts_src[hooks.embed]
     for k in range(1, steps):
-        point = run(e_src + (k / steps) * (e_base - e_src), ())[0]
-        total += _contract(delta, point)
+        total += tiles.contract(run(e_src + (k / steps) * (e_base - e_src), ())[0])
     return total / steps
 
 
 def _contract(
     delta: Float[Tensor, "b t s d"], grads: Float[Tensor, "v b t d"]
 ) -> Float[Tensor, "s v"]:
-    """Σ_{b,t} Δout_u · g_v for all (u, v) at once: one matrix product.
+    """Σ_{b,t} Δout_u · g_v for all (u, v) of a tile at once: one matrix product.
 
-    Products of edges that do not exist are computed too and masked by the caller: one
-    large product is faster than one per target group over only the sources that can feed it.
+    Products of edges that do not exist inside a tile are computed too and masked by the
+    caller: one large product is faster than one per target over only its sources.
     """
     b, t, s, d = delta.shape
     flat = delta.permute(2, 0, 1, 3).reshape(s, b * t * d)
     return (flat @ grads.to(delta.dtype).reshape(grads.shape[0], b * t * d).T).double()
+
+
+@dataclass(frozen=True)
+class _Point:
+    """The gradients of one run: ∂L/∂in_v comes out in blocks, one norm at a time."""
+
+    model: Any
+    groups: list[TargetGroup]
+    grads: dict[str, Tensor]
+    acts: dict[str, Tensor]
+    weights: AttnWeights
+
+    def blocks(self) -> Iterator[tuple[list[int], Float[Tensor, "v b t d"]]]:
+        return input_grad_blocks(self.model, self.groups, self.grads, self.acts, self.weights)
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    """How Δout (sources) and ∂L/∂in (targets) are taken so that both fit the budget.
+
+    Sources go in chunks of whole layers; when they all fit in half the budget their
+    outputs are made once per batch, else once per target block. Targets come one norm at
+    a time and are merged into blocks that fill the rest. A tile where no source can feed
+    any target (a later layer into an earlier one) is skipped.
+    """
+
+    cands: EdgeSet
+    diff: dict[str, Tensor]
+    weights: AttnWeights
+    chunks: list[slice]
+    per_block: int  # residual-stream copies one target block may hold
+    cached: list[Tensor] | None
+
+    @classmethod
+    def plan(
+        cls,
+        cands: EdgeSet,
+        diff: dict[str, Tensor],
+        weights: AttnWeights,
+        like: Float[Tensor, "b t d"],
+        max_memory: float | None,
+    ) -> _Tiles:
+        copies = max(2, int(_budget(max_memory, like) // (like.numel() * like.element_size())))
+        chunks = _layer_chunks(cands.sources, max(1, copies // 2))
+        widest = max(c.stop - c.start for c in chunks)
+        tiles = cls(cands, diff, weights, chunks, max(1, copies - widest), None)
+        if len(chunks) == 1:
+            return replace(tiles, cached=[tiles.delta(chunks[0])])
+        return tiles
+
+    def delta(self, rows: slice) -> Float[Tensor, "b t s d"]:
+        return source_outputs(self.diff, self.cands.sources[rows], self.weights)
+
+    def contract(self, point: _Point) -> Float[Tensor, "s v"]:
+        total = torch.zeros(
+            len(self.cands.sources), len(self.cands.targets), dtype=torch.float64,
+            device=next(iter(self.diff.values())).device,
+        )  # fmt: skip
+        for cols, grads in _merged(point.blocks(), self.per_block):
+            for i, rows in enumerate(self.chunks):
+                if not bool(self.cands.valid[rows][:, cols].any()):
+                    continue
+                delta = self.cached[i] if self.cached is not None else self.delta(rows)
+                total[rows, cols] += _contract(delta, grads)
+        return total
+
+
+def _budget(max_memory: float | None, like: Tensor) -> float:
+    """Bytes the tiles may use: as given, else a quarter of the GPU's free memory, or 2 GiB."""
+    if max_memory is not None:
+        if max_memory <= 0:
+            raise ConfigError(f"expected max_memory of more than 0 bytes but got {max_memory}")
+        return float(max_memory)
+    if like.device.type == "cuda":
+        return torch.cuda.mem_get_info(like.device)[0] / 4
+    return float(2**31)
+
+
+def _layer_chunks(sources: Sequence[Node], size: int) -> list[slice]:
+    """Consecutive runs of sources, whole layers at a time, of at most ``size`` sources
+    (a layer larger than that is a chunk of its own).
+
+    Example:
+        >>> srcs = [Node("input"), Node("head", 0, 0), Node("head", 0, 1), Node("mlp", 0)]
+        >>> _layer_chunks(srcs, 3)
+        [slice(0, 1, None), slice(1, 4, None)]
+    """
+    layers = [-1 if s.kind == "input" else s.layer for s in sources]
+    runs, start = [], 0
+    for i in range(1, len(sources) + 1):
+        if i == len(sources) or layers[i] != layers[start]:
+            runs.append((start, i))
+            start = i
+    if not runs:
+        return [slice(0, 0)]
+    chunks, (begin, end) = [], runs[0]
+    for a, b in runs[1:]:
+        if b - begin <= size:
+            end = b
+        else:
+            chunks.append(slice(begin, end))
+            begin, end = a, b
+    return [*chunks, slice(begin, end)]
+
+
+def _merged(
+    blocks: Iterator[tuple[list[int], Tensor]], per_block: int
+) -> Iterator[tuple[list[int], Tensor]]:
+    """Target blocks joined while they fit in ``per_block`` residual-stream copies."""
+    cols: list[int] = []
+    parts: list[Tensor] = []
+    for c, g in blocks:
+        if parts and len(cols) + len(c) > per_block:
+            yield cols, torch.cat(parts)
+            cols, parts = [], []
+        cols, parts = [*cols, *c], [*parts, g]
+    if parts:
+        yield cols, torch.cat(parts)
 
 
 @dataclass(frozen=True)
@@ -148,8 +280,8 @@ class _GradRun:
 
     def __call__(
         self, embed: Tensor | None, record: Sequence[str]
-    ) -> tuple[Float[Tensor, "v b t d"], dict[str, Tensor], Tensor]:
-        """∂L/∂in_v of every candidate target (in the candidates' order) at the run whose
+    ) -> tuple[_Point, dict[str, Tensor], Tensor]:
+        """The gradients that give ∂L/∂in_v of every candidate target at the run whose
         token embedding is ``embed`` (None: the tokens' own), the activations at the hooks
         named in ``record``, and the answer logits."""
         groups = target_groups(self.cands.targets)
@@ -174,6 +306,4 @@ class _GradRun:
                 ref = clean_reference(self.model, self.batch, self.metric, logits)
             values = check_finite(widen(self.metric(logits, self.batch, ref)))
             torch.autograd.grad(values.sum(), leaf)
-        n_targets, embedded = len(self.cands.targets), acts[hooks.embed]
-        grads_in = input_grads(self.model, groups, grads, acts, self.weights, n_targets, embedded)
-        return grads_in, acts, logits.detach()
+        return _Point(self.model, groups, grads, acts, self.weights), acts, logits.detach()

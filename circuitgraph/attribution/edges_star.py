@@ -96,7 +96,7 @@ def edge_atp_star(
     def body(run: BatchRun) -> tuple[Tensor, Tensor]:
         return _batch(model, run, info, cands, groups, qk_layers, drops, weights)
 
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         work = batch if opts.mode == "noising" else batch.swapped()
         plain, gd = clean_run(model, work, metric, plan, opts.mode, body)
         signed += plain.cpu()
@@ -107,6 +107,7 @@ def edge_atp_star(
     )
     valid = cands.valid
     # where, not a product, as in eap: an overflowed non-edge must not become NaN
+    signed, dropped = opts.reduce(signed), opts.reduce(dropped)
     signed = torch.where(valid, signed / len(pairs), 0.0)
     score = torch.where(valid, dropped / (len(pairs) * norm), 0.0)
     return EdgeScores(

@@ -114,7 +114,7 @@ def verify_nodes(
     truth = patch_nodes(
         model, pairs, top, metric, mode=mode, batch_size=batch_size, progress=progress
     )
-    idx = torch.tensor([estimate.index[node] for node in top], dtype=torch.long)
+    idx = torch.tensor([estimate.locate(node) for node in top], dtype=torch.long)
     return Verification(
         tuple(top), estimate.signed[idx].double(), estimate.score[idx].double(),
         truth.signed.double(), estimate.method, metric.name, len(pairs), truth.forward_passes,

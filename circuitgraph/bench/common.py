@@ -17,7 +17,7 @@ import torch
 
 from circuitgraph.arch import hooks
 from circuitgraph.errors import ConfigError
-from circuitgraph.model import load_model
+from circuitgraph.model import load_model, resolve_device
 from circuitgraph.run import attached
 from circuitgraph.tasks.metrics import answer_logits, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
@@ -117,8 +117,10 @@ def load_spec(spec: str, device: str = "cpu") -> tuple[Any, Any]:
     Example:
         >>> model, info = load_spec("zoo:attn-only-2l")  # doctest: +SKIP
     """
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    device = str(resolved)
     if spec.startswith("random:"):
         return random_model(spec.split(":", 1)[1], device=device)
     return load_model(spec, device=device)

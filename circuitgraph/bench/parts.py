@@ -8,13 +8,13 @@ from circuitgraph.bench.common import load_spec, random_dir, random_pairs
 from circuitgraph.tasks.pairs import PromptPairs
 
 if TYPE_CHECKING:
-    from circuitgraph.bench import BenchConfig, Say
+    from circuitgraph.bench.config import BenchConfig, Say
 
 __all__ = ["memory_part", "peer_part", "recall_part", "scaling_part", "speed_part"]
 
 
 def _is_big(spec: str) -> bool:
-    from circuitgraph.bench import BIG
+    from circuitgraph.bench.config import BIG
 
     return spec in BIG
 

@@ -72,7 +72,7 @@ def evaluate_circuit(
     weights = attn_weights(model)
     names = sorted({source_hook(s) for s in sources})
     sums = torch.zeros(3, dtype=torch.float64)
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         ctx = base_run(model, batch, metric, "noising")
         corrupt: dict[str, Tensor] = {}  # the corrupt run's source activations, kept as it runs
         with torch.no_grad():
@@ -84,7 +84,7 @@ def evaluate_circuit(
         circuit_vals = _circuit_run(model, ctx, sources, targets, patched, corrupt_out, weights)
         for i, v in enumerate((circuit_vals, ctx.base_metric, corrupt_vals)):
             sums[i] += v.double().sum().cpu()
-    means = (sums / len(pairs)).tolist()
+    means = (opts.reduce(sums) / len(pairs)).tolist()
     return CircuitEval(int(inside.sum()), means[0], means[1], means[2])
 
 

@@ -105,7 +105,7 @@ def patch_edges(
     pairs, metric, opts = resolve(model, pairs, metric, batch_size, mode, progress)
     weights = attn_weights(model)
     total = torch.zeros(len(edges), dtype=torch.float64)
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         ctx = base_run(model, batch, metric, opts.mode)
         deltas = _edge_deltas(model, batch, sources, opts.mode, weights)
         k = max(1, rows_per_pass(model, batch, max_rows) // len(batch))
@@ -114,7 +114,8 @@ def patch_edges(
             fx = _edge_effects(model, ctx, chunk, deltas, s_idx, weights)
             total[start : start + len(chunk)] += fx.sum(1).cpu()
             opts.advance(len(chunk) * len(batch))
-    return _edge_scores(sources, targets, edges, total / len(pairs), metric.name, len(pairs))
+    signed = opts.reduce(total) / len(pairs)
+    return _edge_scores(sources, targets, edges, signed, metric.name, len(pairs))
 
 
 def _edge_effects(

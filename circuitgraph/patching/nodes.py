@@ -100,7 +100,11 @@ def _source_acts(
 def mean_activations(
     model: Any, pairs: PromptPairs, names: Sequence[str], mode: Mode, batch_size: int
 ) -> dict[str, Tensor]:
-    """Per-position mean of the source run's activations over all pairs (mean ablation)."""
+    """Per-position mean of the source run's activations over all pairs (mean ablation).
+
+    Under ``torchrun`` every process computes it over all pairs (one forward per pair, small
+    next to the sweep it serves), so no process depends on another's share.
+    """
     sums: dict[str, Tensor] = {}
     counts = torch.zeros(pairs.seq_len, device=pairs.device, dtype=torch.float64)
     for batch in pairs.batches(batch_size):
@@ -178,7 +182,7 @@ def patch_sets(
     names = sorted({hook_site(n).name for s in sets for n in s})
     means = mean_activations(model, pairs, names, mode, batch_size) if ablation == "mean" else None
     total = torch.zeros(len(sets), dtype=torch.float64)
-    for batch in pairs.batches(opts.batch_size):
+    for batch in opts.batches(pairs):
         ctx = base_run(model, batch, metric, opts.mode)
         src = _source_acts(model, batch, names, opts.mode, ablation, means) if names else {}
         k = max(1, rows_per_pass(model, batch, max_rows) // len(batch))
@@ -188,7 +192,7 @@ def patch_sets(
                 _patched_effects(model, ctx, chunk, src).sum(1).cpu()
             )
             opts.advance(len(chunk) * len(batch))
-    return total / len(pairs)
+    return opts.reduce(total) / len(pairs)
 
 
 def _patched_effects(
