@@ -15,35 +15,46 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import hooks, source_hook
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.nodes import Node
 
 __all__ = [
     "AttnWeights",
     "attn_weights",
+    "joint_shifts",
     "norm_module",
     "norm_vjp",
+    "normed",
     "shift_target",
-    "source_outputs",
+    "source_deltas",
 ]
 
 
 @dataclass(frozen=True)
 class AttnWeights:
-    """Stacked attention projections: ``[layer, head, ...]`` (KV heads for K and V)."""
+    """Stacked attention projections ``[layer, head, ...]`` (KV heads for K and V) and
+    their biases (zero where the model has none)."""
 
     W_Q: Float[Tensor, "l h d e"]
     W_K: Float[Tensor, "l kv d e"]
     W_V: Float[Tensor, "l kv d e"]
     W_O: Float[Tensor, "l h e d"]
+    b_Q: Float[Tensor, "l h e"]
+    b_K: Float[Tensor, "l kv e"]
+    b_V: Float[Tensor, "l kv e"]
+    b_O: Float[Tensor, "l d"]
 
     def w_in(self, kind: str, layer: int) -> Float[Tensor, "h d e"]:
         """The projection of a q/k/v target: ``[heads, d_model, d_head]``."""
         return {"q": self.W_Q, "k": self.W_K, "v": self.W_V}[kind][layer]
 
+    def b_in(self, kind: str, layer: int) -> Float[Tensor, "h e"]:
+        return {"q": self.b_Q, "k": self.b_K, "v": self.b_V}[kind][layer]
+
 
 def attn_weights(model: Any) -> AttnWeights:
-    """Read W_Q, W_K, W_V, W_O from a ``TransformerBridge`` (detached, model dtype/device).
+    """Read W_Q, W_K, W_V, W_O and their biases from a ``TransformerBridge`` (detached,
+    model dtype/device).
 
     Example:
         >>> w = attn_weights(model)  # doctest: +SKIP
@@ -51,22 +62,39 @@ def attn_weights(model: Any) -> AttnWeights:
         torch.Size([2, 4, 8, 32])
     """
     with torch.no_grad():
-        return AttnWeights(
-            model.W_Q.detach(), model.W_K.detach(), model.W_V.detach(), model.W_O.detach()
-        )
+        mats = [model.W_Q.detach(), model.W_K.detach(), model.W_V.detach(), model.W_O.detach()]
+        biases = [
+            _bias(model, f"b_{x}", (w.shape[0], w.shape[1], w.shape[3]), w)
+            for x, w in zip("QKV", mats[:3], strict=True)
+        ]
+        w_o = mats[3]
+        biases.append(_bias(model, "b_O", (w_o.shape[0], w_o.shape[3]), w_o))
+        return AttnWeights(*mats, *biases)
 
 
-def norm_module(model: Any, kind: str, layer: int) -> Any:
-    """The norm in front of a target: ``ln1`` for q/k/v, ``ln2`` for an MLP, final for logits.
+def _bias(model: Any, name: str, want: tuple[int, ...], like: Tensor) -> Tensor:
+    """The bias, or zeros where the model has none (the bridge raises AttributeError)."""
+    try:
+        bias = getattr(model, name)
+    except (AttributeError, RuntimeError, KeyError):
+        bias = None
+    if not isinstance(bias, Tensor) or tuple(bias.shape) != want:
+        return torch.zeros(want, dtype=like.dtype, device=like.device)
+    return bias.detach()
+
+
+def norm_module(model: Any, kind: str, layer: int) -> Any | None:
+    """The norm in front of a target (:meth:`~circuitgraph.arch.Arch.norm`; None: none).
 
     The wrapped module itself, not the bridge component: calling it fires no hook points, so
     it is safe to call from inside a hook (where the bridge's own norm would re-enter it).
     """
-    if kind == "logits":
-        bridge = model.ln_final
-    else:
-        bridge = model.blocks[layer].ln1 if kind in ("q", "k", "v") else model.blocks[layer].ln2
-    return getattr(bridge, "original_component", None) or bridge
+    return Arch.of(model).norm(model, kind, layer)
+
+
+def normed(norm: Any | None, x: Tensor) -> Tensor:
+    """``norm(x)``, or x itself where the target reads the residual stream unnormed."""
+    return x if norm is None else norm(x)
 
 
 NormVJP = Callable[[Any, Tensor, Tensor], Tensor]
@@ -171,25 +199,100 @@ def _eps(norm: Any) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0)))
 
 
-def source_outputs(
-    acts: dict[str, Tensor], sources: Sequence[Node], weights: AttnWeights
+def source_deltas(
+    model: Any,
+    base: dict[str, Tensor],
+    src: dict[str, Tensor],
+    sources: Sequence[Node],
+    weights: AttnWeights,
 ) -> Float[Tensor, "b t s d"]:
-    """Each source's write to the residual stream: embedding, z_h · W_O[h], MLP output.
+    """Δout_u = out_u(src) − out_u(base) for each source: what it adds to the residual.
+
+    The embedding and an MLP: the difference of their writes. A head: (z_h' − z_h)·W_O[h]
+    (the output bias belongs to no head); under a post-attention norm P (Gemma2/3, OLMo2)
+    the heads' writes do not add up, and a head's is what the attention block adds when
+    only that head changes, P(o(z with z_h ← z_h')) − P(o(z)), the same shift that patching
+    the head's node causes.
 
     Example:
-        >>> outs = source_outputs(captured, [Node("input"), Node("head", 0, 1)], w)  # doctest: +SKIP
+        >>> d = source_deltas(model, clean, corrupt, [Node("head", 0, 1)], w)  # doctest: +SKIP
     """
+    arch = Arch.of(model)
     per_layer: dict[int, Tensor] = {}
     cols = []
     for node in sources:
         if node.kind == "head":
             if node.layer not in per_layer:
-                z = acts[hooks.z(node.layer)]
-                per_layer[node.layer] = torch.einsum("bthe,hed->bthd", z, weights.W_O[node.layer])
+                per_layer[node.layer] = _head_deltas(model, arch, base, src, node.layer, weights)
             cols.append(per_layer[node.layer][:, :, node.index])
         else:
-            cols.append(acts[source_hook(node)])
+            name = arch.source_hook(node)
+            cols.append(src[name] - base[name])
     return torch.stack(cols, dim=2)
+
+
+def _head_writes(
+    acts: dict[str, Tensor], layer: int, weights: AttnWeights
+) -> Float[Tensor, "b t h d"]:
+    z = acts[hooks.z(layer)]
+    return torch.einsum("bthe,hed->bthd", z, weights.W_O[layer].to(z.dtype))
+
+
+def _head_deltas(
+    model: Any,
+    arch: Arch,
+    base: dict[str, Tensor],
+    src: dict[str, Tensor],
+    layer: int,
+    weights: AttnWeights,
+) -> Float[Tensor, "b t h d"]:
+    moved = _head_writes(src, layer, weights) - _head_writes(base, layer, weights)
+    post = arch.post_norm_module(model, layer)
+    if post is None:
+        return moved
+    o = _attn_write(base, layer, weights)
+    return post(o.unsqueeze(2) + moved) - post(o).unsqueeze(2)
+
+
+def _attn_write(acts: dict[str, Tensor], layer: int, weights: AttnWeights) -> Float[Tensor, "b t d"]:
+    """The attention block's output projection o(z) = Σ_h z_h W_O[h] + b_O (before a post-norm)."""
+    return _head_writes(acts, layer, weights).sum(2) + weights.b_O[layer].to(acts[hooks.z(layer)].dtype)
+
+
+def joint_shifts(
+    model: Any,
+    base: dict[str, Tensor],
+    src: dict[str, Tensor],
+    sources: Sequence[Node],
+    weights: AttnWeights,
+    mask: Float[Tensor, "s v"],
+) -> Float[Tensor, "v b t d"]:
+    """For each target v, the shift of its input when every source u with mask[u, v] = 1
+    is seen at its ``src`` value: Σ_u Δout_u, except that heads of one post-norm layer are
+    changed together, P(o(z with all those heads ← src)) − P(o(z)) (their writes do not add).
+
+    Sources with no marked target are not read (a circuit run reads them as they fire).
+    """
+    arch = Arch.of(model)
+    used = mask.ne(0).any(1)
+    heads = [i for i, s in enumerate(sources) if s.kind == "head" and bool(used[i])]
+    joint = {sources[i].layer for i in heads} if arch.post_norm else set()
+    plain = [i for i in range(len(sources)) if bool(used[i]) and (
+        sources[i].kind != "head" or sources[i].layer not in joint)]  # fmt: skip
+    like = next(iter(base.values()))
+    out = like.new_zeros(mask.shape[1], *like.shape[:2], weights.W_O.shape[-1])
+    if plain:
+        d = source_deltas(model, base, src, [sources[i] for i in plain], weights)
+        out += torch.einsum("btsd,sv->vbtd", d, mask[plain].to(d.dtype))
+    for layer in sorted(joint):
+        rows = [i for i in heads if sources[i].layer == layer]
+        index = [sources[i].index for i in rows]
+        moved = (_head_writes(src, layer, weights) - _head_writes(base, layer, weights))[:, :, index]
+        o = _attn_write(base, layer, weights)
+        mixed = o.unsqueeze(0) + torch.einsum("bthd,hv->vbtd", moved, mask[rows].to(moved.dtype))
+        post = arch.post_norm_module(model, layer)
+        out += post(mixed) - post(o).unsqueeze(0)
+    return out
 
 
 def shift_target(
@@ -199,19 +302,41 @@ def shift_target(
     x: Float[Tensor, "n b t d"] | None,
     shift: Float[Tensor, "n b t d"],
 ) -> Tensor:
-    """The change at ``target_site(target)`` when the target's residual input x moves by shift.
+    """The change at ``Arch.target_site(target)`` when the target's residual input x moves
+    by shift.
 
-    q/k/v: (N(x + shift) − N(x)) W[head] with N the head's norm; MLP: N(x + shift) − N(x);
-    logits: the shift itself (the final norm comes after the site).
+    q/k/v: (N(x + shift) − N(x)) W[head] with N the head's norm (the identity where there
+    is none); under a QK-norm over all heads jointly the target site is the norm's output,
+    Q(N(x + shift) W + b)[head] − Q(N(x) W + b)[head]; MLP: N(x + shift) − N(x); logits: the
+    shift itself (the final norm comes after the site).
     """
     if target.kind == "logits":
         return shift
     assert x is not None
-    norm = norm_module(model, target.kind, target.layer)
+    arch = Arch.of(model)
+    norm = arch.norm(model, target.kind, target.layer)
     n, b, t, d = shift.shape
-    moved = norm((x + shift).reshape(n * b, t, d)) - norm(x.reshape(n * b, t, d))
+    moved = normed(norm, (x + shift).reshape(n * b, t, d)) - normed(norm, x.reshape(n * b, t, d))
     moved = moved.view(n, b, t, d)
     if target.kind == "mlp":
         return moved
+    if target.kind in ("q", "k") and arch.qk_norm == "joint":
+        return _joint_normed_change(model, arch, weights, target, x, moved)
     w = weights.w_in(target.kind, target.layer)[target.index]  # [d_model, d_head]
     return moved @ w.to(moved.dtype)
+
+
+def _joint_normed_change(
+    model: Any, arch: Arch, weights: AttnWeights, target: Node, x: Tensor, moved: Tensor
+) -> Float[Tensor, "n b t e"]:
+    """Q(p + Δp)[head] − Q(p)[head], p = N(x) W + b of all heads, Q the joint QK-norm."""
+    kind, layer = target.kind, target.layer
+    n, b, t, d = x.shape
+    w, bias = weights.w_in(kind, layer), weights.b_in(kind, layer)
+    norm = arch.norm(model, kind, layer)
+    p = torch.einsum("nbtd,hde->nbthe", normed(norm, x.reshape(n * b, t, d)).view(n, b, t, d), w)
+    p = p + bias
+    dp = torch.einsum("nbtd,hde->nbthe", moved, w)
+    after = arch.apply_qk_norm(model, kind, layer, (p + dp).reshape(n * b, t, *p.shape[-2:]))
+    before = arch.apply_qk_norm(model, kind, layer, p.reshape(n * b, t, *p.shape[-2:]))
+    return (after - before).view(n, b, t, *p.shape[-2:])[..., target.index, :]

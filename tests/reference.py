@@ -429,6 +429,31 @@ class Reference:
             self.clean = self._capture(pairs.clean)
             self.corrupt = self._capture(pairs.corrupt)
         self.base = self.clean["metric"]
+        self.alpha: float | None = None  # run at an interpolated input (see ``variant``)
+        self.drop: int | None = None  # layer whose writes are detached (see ``variant``)
+
+    @contextlib.contextmanager
+    def variant(self, alpha: float | None = None, drop: int | None = None) -> Iterator[None]:
+        """Runs inside the block: with ``alpha``, the input entering layer 0 is corrupt +
+        alpha·(clean − corrupt) (EAP-IG's integration path; metrics are taken against that
+        run); with ``drop``, layer ``drop``'s attention and MLP writes are detached, so no
+        gradient passes through them (GradDrop) while every value stays the same."""
+        old = self.alpha, self.drop
+        self.alpha, self.drop = alpha, drop
+        try:
+            yield
+        finally:
+            self.alpha, self.drop = old
+
+    def _variant_hooks(self, hk: _Hooks) -> None:
+        if self.alpha is not None:
+            a = self.alpha
+            start = self.corrupt["input"] + a * (self.clean["input"] - self.corrupt["input"])
+            hk.pre(self.map.layers[0].layer, lambda x: start.reshape(x.shape).to(x.dtype))
+        if self.drop is not None:
+            lm = self.map.layers[self.drop]
+            hk.post(lm.attn_post or lm.o_proj, lambda x: x.detach())
+            hk.post(lm.mlp_post or lm.mlp_out, lambda x: x.detach())
 
     # ---- capture ----------------------------------------------------------------------
 
@@ -471,13 +496,35 @@ class Reference:
         layer's head outputs z in the patched run); ``grad`` keeps the autograd graph."""
         seen: dict[str, Tensor] = {}
         with torch.set_grad_enabled(grad), _hooked() as hk:
+            self._variant_hooks(hk)
             install(hk)
             if z_of is not None:
                 hk.pre(self.map.layers[z_of].o_proj, lambda x: seen.__setitem__("z", x.clone()))
             logits = self.map.model(self.pairs.clean).logits
         if z_of is not None:
             return self._btd(seen["z"])
-        return self.pairs.metric(logits) - self.base
+        base = self.base if self.alpha is None else self._at_alpha()
+        return self.pairs.metric(logits) - base
+
+    def _at_alpha(self) -> Tensor:
+        with torch.no_grad(), _hooked() as hk:
+            self._variant_hooks(hk)
+            return self.pairs.metric(self.map.model(self.pairs.clean).logits).detach()
+
+    def z_grad(self, layer: int) -> Tensor:
+        """∂(Σ_pairs metric)/∂z of ``layer`` [b, t, heads·d_head] at the clean run (each
+        pair's row is its own gradient)."""
+        leaf: dict[str, Tensor] = {}
+
+        def make_leaf(x: Tensor) -> Tensor:
+            leaf["z"] = x.detach().clone().requires_grad_(True)
+            return leaf["z"]
+
+        with torch.enable_grad(), _hooked() as hk:
+            hk.pre(self.map.layers[layer].o_proj, make_leaf)
+            metric = self.pairs.metric(self.map.model(self.pairs.clean).logits)
+            (g,) = torch.autograd.grad(metric.sum(), leaf["z"])
+        return self._btd(g)
 
     # ---- nodes ------------------------------------------------------------------------
 
@@ -670,8 +717,11 @@ class Reference:
         """
         dtype = next(self.map.model.parameters()).dtype
         s = torch.zeros(self.b, dtype=dtype, requires_grad=True)
-        (g,) = torch.autograd.grad(effect(s).sum(), s)
-        return g.double()
+        out = effect(s).sum()
+        if not out.requires_grad:  # every path cut (a detached write): the derivative is 0
+            return torch.zeros(self.b, dtype=torch.float64)
+        (g,) = torch.autograd.grad(out, s, allow_unused=True)
+        return torch.zeros(self.b, dtype=torch.float64) if g is None else g.double()
 
     def node_slope(self, node: Any, h: float = 1e-2) -> Tensor:
         return self.slope(lambda s: self.node(node, s), h)
