@@ -69,6 +69,9 @@ _EXPORTS: dict[str, str] = {
     "circuit_edges": "circuitgraph.graph",
     "write": "circuitgraph.export",
     "read": "circuitgraph.export",
+    # can this model's numbers be trusted?
+    "check": "circuitgraph.selfcheck",
+    "Verdict": "circuitgraph.selfcheck",
     # the whole pipeline
     "discover": "circuitgraph.pipeline",
     "DiscoverConfig": "circuitgraph.pipeline",
@@ -92,10 +95,12 @@ __all__ = [
     "NodeScores",
     "PromptPairs",
     "TextPair",
+    "Verdict",
     "__version__",
     "attribute_edges",
     "attribute_nodes",
     "build_circuit",
+    "check",
     "circuit_edges",
     "diagnose",
     "discover",
@@ -141,6 +146,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from circuitgraph.patching import evaluate_circuit, faithfulness_curve, patch_edges, patch_nodes
     from circuitgraph.pipeline import DiscoverConfig, Discovery, discover
     from circuitgraph.scores import EdgeScores, NodeScores
+    from circuitgraph.selfcheck import Verdict, check
     from circuitgraph.tasks import (
         PromptPairs,
         TextPair,

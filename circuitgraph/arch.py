@@ -617,9 +617,10 @@ def _rotary(
             "partial_rotary_factor", 1.0
         )
         dim = int(info.d_head * float(fraction))
-    # GPT-J's attention keeps a sin/cos table of adjacent pairs: the interleaved convention
+    # GPT-J keeps a sin/cos table of adjacent pairs (embed_positions): the interleaved
+    # convention; HF exposes that only through the table's module
     style: Literal["half", "interleaved"] = (
-        "interleaved" if hasattr(attn, "embed_positions") else "half"
+        "interleaved" if _sincos_table(model) is not None else "half"
     )
     base = _number(hf_cfg, "rope_theta") or _rope(hf_cfg).get("rope_theta") or 10000.0
     return Rotary(int(dim), style, float(base))
@@ -635,8 +636,7 @@ def _computed_tables(
 ) -> tuple[Tensor, Tensor]:
     """Rotary tables where the bridge fires none: the module's own sin/cos table (GPT-J)
     or the standard ones from θ (checked by the QK fix against the model's pattern)."""
-    attn = _original(model.blocks[layer].attn)
-    table = getattr(attn, "embed_positions", None)
+    table = _sincos_table(model)
     dtype = torch.promote_types(like.dtype, torch.float32)
     if isinstance(table, Tensor) and table.shape[-1] == rotary.dim:
         sin, cos = table[:t].to(like.device, dtype).chunk(2, dim=-1)
@@ -649,6 +649,19 @@ def _computed_tables(
     else:
         sin, cos = torch.cat([sin, sin], -1), torch.cat([cos, cos], -1)
     return cos.unsqueeze(0), sin.unsqueeze(0)
+
+
+def _sincos_table(model: Any) -> Tensor | None:
+    """GPT-J's rotary table [positions, dim] = (sin | cos) of adjacent pairs, where the
+    model has one."""
+    root = getattr(model, "original_model", None)
+    if not isinstance(root, torch.nn.Module):
+        return None
+    for module in root.modules():
+        table = getattr(module, "embed_positions", None)
+        if isinstance(table, Tensor) and table.dim() == 2:
+            return table
+    return None
 
 
 def _scale(model: Any, info: ModelInfo, layer: int) -> float:

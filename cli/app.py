@@ -437,6 +437,32 @@ def export_circuit(
 
 
 @app.command()
+def check(
+    model: Model = DEFAULT_MODEL,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    json: Json = False,
+) -> None:
+    """Self-checks on a model: can its numbers be trusted? One verdict per check (exit 1 if
+    one fails)."""
+    from circuitgraph.selfcheck import check as run_checks
+    from circuitgraph.selfcheck import summary
+
+    with user_errors():
+        mdl, _ = common.load(model, device, dtype)
+        verdicts = run_checks(mdl, seed=seed)
+    if json:
+        typer.echo(dumps({"model": model, "checks": [v.to_json() for v in verdicts]}))
+    else:
+        for v in verdicts:
+            typer.echo(v.line())
+        typer.echo(f"{model}: {summary(verdicts)}")
+    if any(v.status == "fail" for v in verdicts):
+        sys.exit(1)
+
+
+@app.command()
 def models() -> None:
     """List the bundled zoo models (load them with --model zoo:NAME)."""
     from circuitgraph import zoo

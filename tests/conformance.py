@@ -45,7 +45,7 @@ __all__ = [
     "project_pairs",
 ]  # fmt: skip
 
-TWIN = 1e-3  # twin words embed this far apart: corrupt = a vanishing perturbation
+TWIN = 1e-4  # twin words embed this far apart: corrupt = a vanishing perturbation
 #: each capability's tolerance on the relative error
 TOL = {
     "nodes exact": 1e-5, "nodes AtP": 1e-3, "QK fix": 1e-4, "nodes AtP*": 1e-2,

@@ -445,12 +445,14 @@ class Reference:
         finally:
             self.alpha, self.drop = old
 
-    def _variant_hooks(self, hk: _Hooks) -> None:
-        if self.alpha is not None:
+    def _variant_hooks(self, hk: _Hooks, last: bool = False) -> None:
+        """The interpolated input (first: every later hook sees it) or, with ``last``, the
+        detached writes (after any patch of the same module's output)."""
+        if self.alpha is not None and not last:
             a = self.alpha
             start = self.corrupt["input"] + a * (self.clean["input"] - self.corrupt["input"])
             hk.pre(self.map.layers[0].layer, lambda x: start.reshape(x.shape).to(x.dtype))
-        if self.drop is not None:
+        if self.drop is not None and last:
             lm = self.map.layers[self.drop]
             hk.post(lm.attn_post or lm.o_proj, lambda x: x.detach())
             hk.post(lm.mlp_post or lm.mlp_out, lambda x: x.detach())
@@ -498,6 +500,7 @@ class Reference:
         with torch.set_grad_enabled(grad), _hooked() as hk:
             self._variant_hooks(hk)
             install(hk)
+            self._variant_hooks(hk, last=True)
             if z_of is not None:
                 hk.pre(self.map.layers[z_of].o_proj, lambda x: seen.__setitem__("z", x.clone()))
             logits = self.map.model(self.pairs.clean).logits

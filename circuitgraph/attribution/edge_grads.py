@@ -100,16 +100,19 @@ def input_grad_blocks(
         >>> blocks = list(input_grad_blocks(model, groups, grads, acts, weights))  # doctest: +SKIP
     """
     arch = Arch.of(model)
-    at_norm: dict[str | None, list[TargetGroup]] = {}
+    # one block per norm and the residual it reads (a parallel block's MLP may read the
+    # attention's residual through a norm of its own)
+    at_norm: dict[tuple[str | None, int], tuple[Any, list[TargetGroup]]] = {}
     for g in groups:
-        at_norm.setdefault(arch.norm_input_hook(g.kind, g.layer), []).append(g)
-    for x_name, members in at_norm.items():
+        norm = arch.norm(model, g.kind, g.layer) if g.kind != "logits" else None
+        key = (arch.norm_input_hook(g.kind, g.layer), id(norm))
+        at_norm.setdefault(key, (norm, []))[1].append(g)
+    for (x_name, _), (norm, members) in at_norm.items():
         cols = [c for g in members for c in g.cols]
         if x_name is None:
             yield cols, grads[hooks.final_in].unsqueeze(0)
             continue
         cotangents = torch.cat([normed_grad(model, g, grads, acts, weights) for g in members])
-        norm = arch.norm(model, members[0].kind, members[0].layer)
         yield cols, cotangents if norm is None else norm_vjp(norm, acts[x_name], cotangents)
 
 
