@@ -221,6 +221,7 @@ def load_model(
     spec: str,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    hf_model: Any = None,
 ) -> tuple[Any, ModelInfo]:
     """Load a model as a ``TransformerBridge`` in eval mode, plus its :class:`ModelInfo`.
 
@@ -228,12 +229,16 @@ def load_model(
         spec: ``zoo:NAME``, a local Hugging Face directory, or a hub name.
         device: where to put it; defaults to CUDA when available, else CPU.
         dtype: ``float32`` (default), ``bfloat16``, ... or a ``torch.dtype``.
+        hf_model: an already-built Hugging Face model of the directory's config (its weights
+            are used instead of loading any; the bench builds large random models this way,
+            directly on the GPU).
 
     Example:
         >>> model, info = load_model("zoo:attn-only-2l")  # doctest: +SKIP
         >>> info.n_layers  # doctest: +SKIP
         2
     """
+    from safetensors import SafetensorError
     from transformer_lens.model_bridge import TransformerBridge
 
     path, name = _resolve_spec(spec)
@@ -246,9 +251,21 @@ def load_model(
                 bridge = boot_native_dir(path, device=str(device), dtype=torch_dtype)
             else:
                 bridge = TransformerBridge.boot_transformers(
-                    path, device=str(device), dtype=torch_dtype
+                    path, device=str(device), dtype=torch_dtype, hf_model=hf_model
                 )
-    except (OSError, ValueError, RuntimeError) as err:
+    except torch.OutOfMemoryError as err:
+        raise ModelLoadError(
+            f"not enough memory on {device} to load {spec!r}; use a smaller --dtype (bfloat16) "
+            "or another device"
+        ) from err
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        if isinstance(err, SafetensorError) or "safetensors" in type(err).__module__:
+            raise ModelLoadError(
+                f"could not read the weights of {spec!r} ({_first_line(err)}); the file is "
+                "truncated or corrupt, so save or download the model again"
+            ) from err
+        if Path(path).is_dir() and not _has_tokenizer_files(Path(path)):
+            raise _no_tokenizer(spec) from err
         if Path(path).exists():
             raise ModelLoadError(
                 f"could not load the model directory {spec!r}: {_first_line(err)}"
@@ -260,6 +277,7 @@ def load_model(
         ) from err
     bridge.eval()
     _refuse_misloaded(getattr(getattr(bridge, "original_model", None), "config", None), spec)
+    _check_tokenizer(bridge, spec)
     info = model_info(bridge, name)
     return bridge, info
 
@@ -290,6 +308,31 @@ def _refuse_misloaded(config: Any, spec: str) -> None:
             "mis-splits into wrong logits; no circuitgraph method can run on it, so use another "
             "model"
         )
+
+
+def _check_tokenizer(bridge: Any, spec: str) -> None:
+    """Refuse a model without a usable tokenizer now, not later as "no single-token words".
+
+    A directory without tokenizer files loads with an empty fallback tokenizer (vocab 0).
+    """
+    tokenizer = getattr(bridge, "tokenizer", None)
+    if tokenizer is None or not int(getattr(tokenizer, "vocab_size", 0) or 0):
+        raise _no_tokenizer(spec)
+
+
+#: files of which a model directory with a tokenizer has at least one
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    return any((path / name).is_file() for name in _TOKENIZER_FILES) or any(path.glob("*.tiktoken"))
+
+
+def _no_tokenizer(spec: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"expected a tokenizer with the model {spec!r} but found none (no tokenizer.json or "
+        "vocabulary files next to its config); save one there with tokenizer.save_pretrained(DIR)"
+    )
 
 
 def _first_line(err: BaseException) -> str:

@@ -70,6 +70,8 @@ def edge_candidates(
         >>> cands = edge_candidates(info, atp_star_scores, keep=20)  # doctest: +SKIP
     """
     full_s, full_t = edge_sources(info), edge_targets(info)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ConfigError(f"expected keep to be a whole number >= 1 (nodes kept) but got {keep!r}")
     if node_scores is None:
         return EdgeSet.between(full_s, full_t, info.parallel_blocks)
     kept = node_scores.top_k(keep) if keep is not None else list(node_scores.nodes)

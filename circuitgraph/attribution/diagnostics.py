@@ -29,6 +29,7 @@ from circuitgraph.patching import patch_sets
 from circuitgraph.run import Progress
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
+from circuitgraph.text import plural
 
 __all__ = ["CAVEAT", "Diagnosis", "diagnose", "draw_subsets", "subset_effects", "t_quantile"]
 
@@ -81,8 +82,10 @@ class Diagnosis:
     def summary(self) -> str:
         return (
             f"With {self.confidence:.0%} confidence no unverified node ({len(self.nodes)}) has "
-            f"|effect| above {self.bound:.4g} ({self.metric}; {self.n_subsets} random subsets, "
-            f"p={self.p}, {self.forward_passes:g} forward passes per pair). {self.caveat}"
+            f"|effect| above {self.bound:.4g} ({self.metric}; "
+            f"{plural(self.n_subsets, 'random subset')}, p={self.p}, "
+            f"{plural(float(self.forward_passes), 'forward pass', 'forward passes')} per pair). "
+            f"{self.caveat}"
         )
 
     def table(self, k: int = 10) -> str:

@@ -47,6 +47,8 @@ class BenchConfig:
     device: str = "cpu"  # where the speed and memory parts run; the others stay on the CPU
     parts: tuple[str, ...] = PARTS
     recall_kinds: tuple[str, ...] = ("heads", "neurons")
+    # when given, the speed and memory parts run every model at each of these batches
+    batches: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -67,17 +69,18 @@ class BenchConfig:
 
     @classmethod
     def gpu(cls, device: str = "cuda") -> BenchConfig:
-        """The speed and memory ratios on a GPU: random GPT-2-small (124M) and Llama (~1.1B)
-        shapes, longer sequences (a GPU is idle on the CPU batches).
+        """The speed and memory ratios on a GPU: random GPT-2-small (124M), Llama (~1.1B) and
+        a Llama-3-8B-like GQA shape (~7.2B, built on the GPU in bf16), each at 8x64 and
+        32x256 (a GPU is idle on the CPU batches).
 
         Example:
             >>> BenchConfig.gpu().parts
             ('speed', 'memory')
         """
         return cls(
-            models=("random:gpt2-small", "random:llama-1b"), device=device,
+            models=("random:gpt2-small", "random:llama-1b", "random:llama-7b"), device=device,
             parts=("speed", "memory"), speed_batch=(8, 64), big_batch=(8, 64), repeats=5,
-            big_repeats=5, memory_batch=(8, 64),
+            big_repeats=5, memory_batch=(8, 64), batches=((8, 64), (32, 256)),
         )  # fmt: skip
 
 

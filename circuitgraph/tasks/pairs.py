@@ -7,6 +7,7 @@ gives the unpadded prompt: no attention mask is needed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,9 +16,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from circuitgraph.errors import DataError
+from circuitgraph.errors import CircuitGraphWarning, DataError
 
-__all__ = ["PromptPairs", "TextPair", "tokenize_pairs"]
+__all__ = ["PromptPairs", "TextPair", "check_pairs", "tokenize_pairs"]
 
 
 @dataclass(frozen=True)
@@ -220,3 +221,67 @@ def tokenize_pairs(
         wrong.append(_single_token(tokenizer, pair.wrong, "wrong answer", label))
     pad = getattr(tokenizer, "pad_token_id", None)
     return PromptPairs.from_tokens(clean, corrupt, answer, wrong, pad_id=0 if pad is None else pad)
+
+
+def check_pairs(pairs: PromptPairs, d_vocab: int | None = None, compares_wrong: bool = True) -> int:
+    """Refuse degenerate prompt pairs before any model work; returns how many pairs have
+    identical clean and corrupt prompts.
+
+    Refused (a :class:`DataError`): a token id outside ``[0, d_vocab)``; a pair whose answer
+    equals its wrong answer when the metric compares them (``logit_diff`` would be 0 for it
+    whatever the model does); every pair's clean prompt equal to its corrupt one (every
+    effect would be 0). Some identical pairs are only warned about
+    (:class:`~circuitgraph.errors.CircuitGraphWarning`): they add zeros to every mean.
+
+    Example:
+        >>> check_pairs(PromptPairs.from_tokens([[2, 5], [2, 6]], [[2, 7], [2, 6]], [8, 8], [9, 9]), 10)
+        1
+    """
+    if d_vocab is not None:
+        _check_vocab(pairs, d_vocab)
+    n = len(pairs)
+    if compares_wrong:
+        same = (pairs.answer == pairs.wrong).nonzero().flatten().tolist()
+        if same:
+            raise DataError(
+                f"expected the answer and the wrong answer to differ but they are the same token "
+                f"in {len(same)} of {n} pairs (pair {_numbers(same)}); the logit difference is 0 "
+                "there whatever the model does, so fix the 'wrong' field"
+            )
+    differs = ((pairs.clean != pairs.corrupt) & pairs.mask).any(-1)
+    identical = (~differs).nonzero().flatten().tolist()
+    if len(identical) == n:
+        raise DataError(
+            f"expected clean and corrupt prompts that differ but all {n} pairs are identical; "
+            "every effect would be 0, so give each corrupt prompt a substituted token"
+        )
+    if identical:
+        warnings.warn(
+            f"{len(identical)} of {n} pairs have identical clean and corrupt prompts (pair "
+            f"{_numbers(identical)}); they add zeros to every mean, so remove them",
+            CircuitGraphWarning,
+            stacklevel=2,
+        )
+    return len(identical)
+
+
+def _check_vocab(pairs: PromptPairs, d_vocab: int) -> None:
+    for name in ("clean", "corrupt", "answer", "wrong"):
+        ids = getattr(pairs, name)
+        inside = (ids >= 0) & (ids < d_vocab)
+        if ids.dim() == 2:  # padding is not the model's business
+            inside = (inside | ~pairs.mask).all(-1)
+        if not bool(inside.all()):
+            i = int((~inside).nonzero()[0, 0])
+            row = ids[i][pairs.mask[i]] if ids.dim() == 2 else ids[i : i + 1]
+            value = int(row[(row < 0) | (row >= d_vocab)][0])
+            raise DataError(
+                f"pair {i + 1}: expected {name} token ids in [0, {d_vocab}) (the model's "
+                f"vocabulary) but got {value}; tokenize the pairs with the model's own tokenizer"
+            )
+
+
+def _numbers(index: list[int], shown: int = 5) -> str:
+    """1-based pair numbers, the first few of them: '2, 5, 7 and 3 more'."""
+    head = ", ".join(str(i + 1) for i in index[:shown])
+    return head if len(index) <= shown else f"{head} and {len(index) - shown} more"

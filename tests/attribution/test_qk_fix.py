@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitgraph.arch import hooks
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.attribution import attribute_nodes
-from circuitgraph.arch import Arch
 from circuitgraph.attribution.qk_fix import (
     check_layer,
     key_effects,
