@@ -395,7 +395,11 @@ class Arch:
         return [*self.raw_qk_hooks(layer), *(self.cos_sin_hooks(layer) or ())]
 
     def used_qk(
-        self, model: Any, layer: int, acts: dict[str, Tensor], clean: dict[str, Tensor] | None = None
+        self,
+        model: Any,
+        layer: int,
+        acts: dict[str, Tensor],
+        clean: dict[str, Tensor] | None = None,
     ) -> tuple[Float[Tensor, "b t h d"], Float[Tensor, "b s g d"]]:
         """q and k of ``layer`` as its scores use them (clipped, QK-normed, rotated), from
         the activations of one run (rotary tables from ``clean`` when given: positions are
@@ -404,7 +408,8 @@ class Arch:
         if used is not None:
             return acts[used[0]], acts[used[1]]
         qn, kn = self.raw_qk_hooks(layer)
-        q, k = (self.node_site(Node(x, layer, 0)).view(acts[n]) for x, n in (("q", qn), ("k", kn)))
+        q = self.node_site(Node("q", layer, 0)).view(acts[qn])
+        k = self.node_site(Node("k", layer, 0)).view(acts[kn])
         table = acts if clean is None else clean
         cos, sin = self.cos_sin(model, layer, table, q.shape[1], q)
         return (

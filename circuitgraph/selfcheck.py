@@ -99,7 +99,9 @@ def random_pairs(model: Any, n: int = 4, seq_len: int = 8, seed: int = 0) -> Pro
     corrupt = clean.clone()
     for i in range(n):
         for j in (torch.randperm(t - 1, generator=g)[:2] + 1).tolist():
-            corrupt[i, j] = (clean[i, j] + 1 + torch.randint(0, vocab - 1, (1,), generator=g)) % vocab
+            corrupt[i, j] = (
+                clean[i, j] + 1 + torch.randint(0, vocab - 1, (1,), generator=g)
+            ) % vocab
     answer = torch.randint(0, vocab, (n,), generator=g).tolist()
     wrong = [(a + 1 + int(torch.randint(0, vocab - 1, (1,), generator=g))) % vocab for a in answer]
     return PromptPairs.from_tokens(clean.tolist(), corrupt.tolist(), answer, wrong).to(

@@ -254,9 +254,13 @@ def _head_deltas(
     return post(o.unsqueeze(2) + moved) - post(o).unsqueeze(2)
 
 
-def _attn_write(acts: dict[str, Tensor], layer: int, weights: AttnWeights) -> Float[Tensor, "b t d"]:
+def _attn_write(
+    acts: dict[str, Tensor], layer: int, weights: AttnWeights
+) -> Float[Tensor, "b t d"]:
     """The attention block's output projection o(z) = Σ_h z_h W_O[h] + b_O (before a post-norm)."""
-    return _head_writes(acts, layer, weights).sum(2) + weights.b_O[layer].to(acts[hooks.z(layer)].dtype)
+    return _head_writes(acts, layer, weights).sum(2) + weights.b_O[layer].to(
+        acts[hooks.z(layer)].dtype
+    )
 
 
 def joint_shifts(
@@ -287,10 +291,13 @@ def joint_shifts(
     for layer in sorted(joint):
         rows = [i for i in heads if sources[i].layer == layer]
         index = [sources[i].index for i in rows]
-        moved = (_head_writes(src, layer, weights) - _head_writes(base, layer, weights))[:, :, index]
+        moved = (_head_writes(src, layer, weights) - _head_writes(base, layer, weights))[
+            :, :, index
+        ]
         o = _attn_write(base, layer, weights)
         mixed = o.unsqueeze(0) + torch.einsum("bthd,hv->vbtd", moved, mask[rows].to(moved.dtype))
         post = arch.post_norm_module(model, layer)
+        assert post is not None  # joint layers are post-norm layers
         out += post(mixed) - post(o).unsqueeze(0)
     return out
 

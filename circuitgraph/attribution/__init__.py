@@ -155,7 +155,7 @@ def _check_candidates(arch: Arch, cands: EdgeSet) -> None:
     if len(bad):
         src, dst = cands.sources[int(bad[0, 0])], cands.targets[int(bad[0, 1])]
         raise ConfigError(
-                f"expected candidate edges of this model but got {src.id}->{dst.id}, which it "
-                "does not have (attention and MLP of a layer run in parallel here); build the "
-                "candidates with EdgeSet.full(info) or edge_candidates(info, ...)"
-            )
+            f"expected candidate edges of this model but got {src.id}->{dst.id}, which it "
+            "does not have (attention and MLP of a layer run in parallel here); build the "
+            "candidates with EdgeSet.full(info) or edge_candidates(info, ...)"
+        )

@@ -205,7 +205,9 @@ class _Tiles:
         return tiles
 
     def delta(self, rows: slice) -> Float[Tensor, "b t s d"]:
-        return source_deltas(self.model, self.base, self.src, self.cands.sources[rows], self.weights)
+        return source_deltas(
+            self.model, self.base, self.src, self.cands.sources[rows], self.weights
+        )
 
     def contract(self, point: _Point) -> Float[Tensor, "s v"]:
         total = torch.zeros(

@@ -52,7 +52,7 @@ from circuitgraph.weights import AttnWeights, attn_weights, normed, source_delta
 
 __all__ = ["edge_atp_star"]
 
-METHOD = "edge method 'eap' (--method eap)"
+METHOD = "the edge method 'eap' (discover --edge-method eap, edges --method eap)"
 
 
 @register("atp*", "edge")

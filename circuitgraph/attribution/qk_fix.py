@@ -134,7 +134,9 @@ def base_logits(
     s = log_a
     if scores is not None and scores.shape == pattern.shape and not torch.equal(scores, pattern):
         sc = scores.to(work)
-        readable = torch.ones_like(sc, dtype=torch.bool).tril() & (sc > torch.finfo(sc.dtype).min / 2)
+        readable = torch.ones_like(sc, dtype=torch.bool).tril() & (
+            sc > torch.finfo(sc.dtype).min / 2
+        )
         sc = sc.masked_fill(~readable, NEG_INF)
         tol = 1e-4 if torch.finfo(pattern.dtype).bits >= 32 else 1e-2
         if float((sc.softmax(-1).nan_to_num() - pattern.to(work)).abs().max()) <= tol:
@@ -161,7 +163,9 @@ def check_layer(
     (a_c, q_c, k_c), (a_n, q_n, k_n) = clean, noise
     work = torch.promote_types(a_c.dtype, torch.float32)
     # half precision: the model's own rounding of q·k and A (about 1e-2) dominates
-    rtol, atol, ztol = (1e-3, 1e-5, 1e-3) if torch.finfo(a_c.dtype).bits >= 32 else (0.1, 5e-2, 3e-2)
+    rtol, atol, ztol = (
+        (1e-3, 1e-5, 1e-3) if torch.finfo(a_c.dtype).bits >= 32 else (0.1, 5e-2, 3e-2)
+    )
     z, v = z_v
     az = torch.einsum("bhts,bshe->bthe", a_c.to(work), _per_query(arch.value(v), z).to(work))
     err_z = float((az - z.to(work)).abs().max()) if z.numel() else 0.0
@@ -364,7 +368,9 @@ class QKFix:
     the head outputs z.
     """
 
-    METHOD = "node method 'atp' or 'atp+graddrop' (--node-method atp)"
+    METHOD = (
+        "the node method 'atp' or 'atp+graddrop' (discover --node-method atp, nodes --method atp)"
+    )
 
     def __init__(self, model: Any, arch: Arch, sites: Sequence[Site]) -> None:
         self.model, self.arch = model, arch
@@ -382,7 +388,9 @@ class QKFix:
 
     @property
     def act_names(self) -> list[str]:
-        return [n for layer in self.needs for n in (*self.arch.qk_hooks(layer), hooks.pattern(layer))]
+        return [
+            n for layer in self.needs for n in (*self.arch.qk_hooks(layer), hooks.pattern(layer))
+        ]
 
     @property
     def clean_names(self) -> list[str]:

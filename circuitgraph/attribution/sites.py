@@ -181,7 +181,7 @@ def site_grad(grads: dict[str, Tensor], name: str, cut: bool) -> Tensor | None:
     raise ModelStateError(
         f"no gradient reaches {name} in this model (its hook fires beside the computation, "
         "not on it), so attribution there would be a silent zero; score those nodes with "
-        "node method 'exact' (--node-method exact)"
+        "the node method 'exact' (discover --node-method exact, nodes --method exact)"
     )
 
 

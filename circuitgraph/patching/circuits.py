@@ -184,9 +184,7 @@ def _circuit_mask(arch: Arch, sources: list[Node], targets: list[Node], edges: s
 
 def _feeds(arch: Arch, sources: list[Node], targets: list[Node]) -> Tensor:
     """[S, V] bool: True where the source can feed the target (the edge exists)."""
-    return torch.tensor(
-        [[arch.can_feed(s, t) for t in targets] for s in sources], dtype=torch.bool
-    )
+    return torch.tensor([[arch.can_feed(s, t) for t in targets] for s in sources], dtype=torch.bool)
 
 
 def _circuit_run(
