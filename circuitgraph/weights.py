@@ -251,7 +251,8 @@ def _head_deltas(
     if post is None:
         return moved
     o = _attn_write(base, layer, weights)
-    return post(o.unsqueeze(2) + moved) - post(o).unsqueeze(2)
+    with torch.no_grad():  # a difference of values: no graph through the norm's weights
+        return post(o.unsqueeze(2) + moved) - post(o).unsqueeze(2)
 
 
 def _attn_write(
@@ -298,7 +299,8 @@ def joint_shifts(
         mixed = o.unsqueeze(0) + torch.einsum("bthd,hv->vbtd", moved, mask[rows].to(moved.dtype))
         post = arch.post_norm_module(model, layer)
         assert post is not None  # joint layers are post-norm layers
-        out += post(mixed) - post(o).unsqueeze(0)
+        with torch.no_grad():
+            out += post(mixed) - post(o).unsqueeze(0)
     return out
 
 

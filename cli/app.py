@@ -174,6 +174,7 @@ def discover(
             f"faithfulness {g['faithfulness']:.3f} ({metric})"
             + (f", CPR {mib['cpr']:.3f}, CMD {mib['cmd']:.3f}" if mib else "")
             + (f"\n{warning}" if warning else "")
+            + (f"\nwarning: {g['estimate_warning']}" if g.get("estimate_warning") else "")
             + f"\n-> {folder}/ ({', '.join(written)})",
         )
 
