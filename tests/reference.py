@@ -516,7 +516,8 @@ class Reference:
 
     def z_grad(self, layer: int) -> Tensor:
         """∂(Σ_pairs metric)/∂z of ``layer`` [b, t, heads·d_head] at the clean run (each
-        pair's row is its own gradient)."""
+        pair's row is its own gradient; inside ``variant(drop=l)`` with layer l's writes
+        detached)."""
         leaf: dict[str, Tensor] = {}
 
         def make_leaf(x: Tensor) -> Tensor:
@@ -524,10 +525,14 @@ class Reference:
             return leaf["z"]
 
         with torch.enable_grad(), _hooked() as hk:
+            self._variant_hooks(hk)
             hk.pre(self.map.layers[layer].o_proj, make_leaf)
-            metric = self.pairs.metric(self.map.model(self.pairs.clean).logits)
-            (g,) = torch.autograd.grad(metric.sum(), leaf["z"])
-        return self._btd(g)
+            self._variant_hooks(hk, last=True)
+            metric = self.pairs.metric(self.map.model(self.pairs.clean).logits).sum()
+            if not metric.requires_grad:
+                return torch.zeros_like(self.clean[("z", layer)])
+            (g,) = torch.autograd.grad(metric, leaf["z"], allow_unused=True)
+        return torch.zeros_like(self.clean[("z", layer)]) if g is None else self._btd(g)
 
     # ---- nodes ------------------------------------------------------------------------
 
@@ -614,9 +619,12 @@ class Reference:
                 return write(mixed) - write(z)
         raise ValueError(f"{src.kind} is not an edge source")
 
-    def edges(self, edges: Sequence[Any], scale: float | Tensor = 1.0) -> Tensor:
+    def edges(
+        self, edges: Sequence[Any], scale: float | Tensor = 1.0, z_of: int | None = None
+    ) -> Tensor:
         """Effect per pair of patching all ``edges`` jointly: each target's input moves by
-        scale · Σ Δout_u over its patched sources; everything else runs live."""
+        scale · Σ Δout_u over its patched sources; everything else runs live (with
+        ``z_of``: that layer's z in the patched run instead)."""
         grad = isinstance(scale, Tensor) and scale.requires_grad
         scale = _per_pair(scale)
         shifts: dict[Any, Tensor] = {}
@@ -637,7 +645,7 @@ class Reference:
                 else:
                     self._qkv_target(hk, live, kind, layer, index, shift)
 
-        return self._run(install, grad=grad)
+        return self._run(install, z_of, grad)
 
     def edge(self, src: Any, dst: Any, scale: float | Tensor = 1.0) -> Tensor:
         return self.edges([RefEdge(src, dst)], scale)
