@@ -166,7 +166,7 @@ def test_a_gradient_that_never_arrives_is_refused_not_read_as_zero() -> None:
 def test_low_agreement_is_the_models_non_linearity_and_is_warned_about(
     name: str, family: Loaded
 ) -> None:
-    from circuitgraph.run import far_from_exact
+    from circuitgraph.run import NONLINEAR, far_from_exact
 
     from .conformance import rel_err
 
@@ -177,9 +177,10 @@ def test_low_agreement_is_the_models_non_linearity_and_is_warned_about(
     # finite differences of the reference's own patching: AtP is the model's true slope ...
     slope = torch.stack([ref.node_slope(n).mean() for n in nodes])
     assert rel_err(atp, slope) < 1e-3
-    # ... and the full patch is far from it, some effects even change sign
+    # ... and the full patch is far from it (by more than half the largest effect, or with
+    # effects of the opposite sign)
     gap, flips = far_from_exact(atp, exact)
-    assert gap > 0.3 and flips >= 1
+    assert gap > NONLINEAR or flips >= 1
     verdicts = {v.check: v for v in cg.check(model, pairs)}
     assert verdicts["non-linearity along the patch"].status == "warn"
     assert all(v.status in ("pass", "warn") for v in verdicts.values()), verdicts
