@@ -20,8 +20,8 @@ from circuitgraph.nodes import Node
 
 __all__ = [
     "AttnWeights",
+    "SourceGaps",
     "attn_weights",
-    "joint_shifts",
     "norm_module",
     "norm_vjp",
     "normed",
@@ -264,44 +264,72 @@ def _attn_write(
     )
 
 
-def joint_shifts(
-    model: Any,
-    base: dict[str, Tensor],
-    src: dict[str, Tensor],
-    sources: Sequence[Node],
-    weights: AttnWeights,
-    mask: Float[Tensor, "s v"],
-) -> Float[Tensor, "v b t d"]:
-    """For each target v, the shift of its input when every source u with mask[u, v] = 1
-    is seen at its ``src`` value: Σ_u Δout_u, except that heads of one post-norm layer are
-    changed together, P(o(z with all those heads ← src)) − P(o(z)) (their writes do not add).
+class SourceGaps:
+    """Δout of every source against a live run, filled in as the sources fire, and the
+    shift of each target's input when a set of its sources is seen at ``src``.
 
-    Sources with no marked target are not read (a circuit run reads them as they fire).
+    A target v's shift is Σ_u Δout_u over its marked sources, except that heads of one
+    post-norm layer change together, P(o(z with all those heads ← src)) − P(o(z)): their
+    writes do not add up. Each source's hook is read once (:meth:`update`), so a circuit
+    run costs what the sources cost, not that times the number of targets.
+
+    Example:
+        >>> gaps = SourceGaps(model, sources, weights, corrupt_acts)  # doctest: +SKIP
+        >>> gaps.update(name, live_acts); gaps.shifts(mask)  # doctest: +SKIP
     """
-    arch = Arch.of(model)
-    used = mask.ne(0).any(1)
-    heads = [i for i, s in enumerate(sources) if s.kind == "head" and bool(used[i])]
-    joint = {sources[i].layer for i in heads} if arch.post_norm else set()
-    plain = [i for i in range(len(sources)) if bool(used[i]) and (
-        sources[i].kind != "head" or sources[i].layer not in joint)]  # fmt: skip
-    like = next(iter(base.values()))
-    out = like.new_zeros(mask.shape[1], *like.shape[:2], weights.W_O.shape[-1])
-    if plain:
-        d = source_deltas(model, base, src, [sources[i] for i in plain], weights)
-        out += torch.einsum("btsd,sv->vbtd", d, mask[plain].to(d.dtype))
-    for layer in sorted(joint):
-        rows = [i for i in heads if sources[i].layer == layer]
-        index = [sources[i].index for i in rows]
-        moved = (_head_writes(src, layer, weights) - _head_writes(base, layer, weights))[
-            :, :, index
-        ]
-        o = _attn_write(base, layer, weights)
-        mixed = o.unsqueeze(0) + torch.einsum("bthd,hv->vbtd", moved, mask[rows].to(moved.dtype))
-        post = arch.post_norm_module(model, layer)
-        assert post is not None  # joint layers are post-norm layers
-        with torch.no_grad():
-            out += post(mixed) - post(o).unsqueeze(0)
-    return out
+
+    def __init__(
+        self, model: Any, sources: Sequence[Node], weights: AttnWeights, src: dict[str, Tensor]
+    ) -> None:
+        self.model, self.arch, self.weights, self.src = model, Arch.of(model), weights, src
+        self.sources = list(sources)
+        self.joint = self.arch.post_norm
+        self.cols: dict[str, list[int]] = {}
+        for i, node in enumerate(self.sources):
+            self.cols.setdefault(self.arch.source_hook(node), []).append(i)
+        self.gap: Tensor | None = None  # [b, t, S, d]: Δout of each source (post-norm heads: 0)
+        self.moved: dict[int, Tensor] = {}  # post-norm layer → each head's change of o(z)
+        self.write: dict[int, Tensor] = {}  # post-norm layer → the live o(z)
+
+    def update(self, name: str, live: dict[str, Tensor]) -> None:
+        """Read the sources at hook ``name`` from the live activations (as it fires)."""
+        cols = self.cols.get(name, [])
+        if not cols:
+            return
+        nodes = [self.sources[i] for i in cols]
+        if self.joint and nodes[0].kind == "head":
+            layer, w = nodes[0].layer, self.weights
+            self.moved[layer] = _head_writes(self.src, layer, w) - _head_writes(live, layer, w)
+            self.write[layer] = _attn_write(live, layer, w)
+            return
+        d = source_deltas(self.model, live, self.src, nodes, self.weights)
+        if self.gap is None:
+            b, t, _, width = d.shape
+            self.gap = d.new_zeros(b, t, len(self.sources), width)
+        self.gap[:, :, cols] = d
+
+    def shifts(self, mask: Float[Tensor, "s v"]) -> Float[Tensor, "v b t d"]:
+        """The input shift of each target (column of ``mask``) when the sources it marks
+        are seen at ``src``; every marked source must have fired."""
+        like = self.gap if self.gap is not None else next(iter(self.write.values()))
+        b, t, width = like.shape[0], like.shape[1], like.shape[-1]
+        out = like.new_zeros(mask.shape[1], b, t, width)
+        mask = mask.to(like.dtype)
+        if self.gap is not None:
+            out += torch.einsum("btsd,sv->vbtd", self.gap, mask)
+        for layer, moved in self.moved.items():
+            rows = [i for i, n in enumerate(self.sources) if n.kind == "head" and n.layer == layer]
+            heads = [self.sources[i].index for i in rows]
+            pick = mask[rows]
+            if not bool(pick.ne(0).any()):
+                continue
+            o = self.write[layer]
+            mixed = o.unsqueeze(0) + torch.einsum("bthd,hv->vbtd", moved[:, :, heads], pick)
+            post = self.arch.post_norm_module(self.model, layer)
+            assert post is not None  # joint layers are post-norm layers
+            with torch.no_grad():
+                out += post(mixed) - post(o).unsqueeze(0)
+        return out
 
 
 def shift_target(

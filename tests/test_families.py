@@ -211,3 +211,28 @@ def test_discover_runs_end_to_end_from_a_model_directory(name: str, tmp_path) ->
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (out / "circuit.json").is_file() and summary["n_nodes"] >= 2
+
+
+# --------------------------------------------------------------------------------------
+# Circuits: faithfulness runs where heads' writes pass a post-norm or blocks are parallel
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gemma2", "olmo2", "gpt_neox", "gptj"])
+def test_circuit_runs_are_exact_at_both_ends_and_for_left_out_sources(
+    name: str, family: Loaded
+) -> None:
+    model, pairs, info = family.model, family.pairs, family.info
+    edges = EdgeSet.full(info).edges()
+    none = cg.evaluate_circuit(model, pairs, [])
+    assert none.metric_circuit == pytest.approx(none.metric_corrupt, abs=1e-5)
+    every = cg.evaluate_circuit(model, pairs, edges)
+    assert every.metric_circuit == pytest.approx(every.metric_clean, abs=1e-5)
+    # Every edge but those out of some sources: the run is those sources' joint node patch
+    # (two heads of one post-norm layer are seen corrupt together: their single-head
+    # writes do not add up)
+    for out in ([cg.Node("head", 0, 1), cg.Node("head", 0, 2)], [cg.Node("mlp", 0)]):
+        kept = [e for e in edges if e.src not in out]
+        run = cg.evaluate_circuit(model, pairs, kept)
+        want = float(family.ref.nodes(out).mean())
+        assert run.metric_circuit - run.metric_clean == pytest.approx(want, abs=1e-5)

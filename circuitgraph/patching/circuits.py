@@ -34,7 +34,7 @@ from circuitgraph.run import (
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights, joint_shifts, shift_target
+from circuitgraph.weights import AttnWeights, SourceGaps, attn_weights, shift_target
 
 __all__ = ["CircuitEval", "evaluate_circuit", "evaluate_circuits", "faithfulness_curve"]
 
@@ -203,13 +203,21 @@ def _circuit_run(
     arch = Arch.of(model)
     names = sorted({arch.source_hook(s) for s in sources})
     live: dict[str, Tensor] = {}
+    gaps = SourceGaps(model, sources, weights, corrupt)
+
+    def record(name: str) -> Callable[[Tensor, Any], None]:
+        def hook(act: Tensor, hook: Any) -> None:
+            live[name] = act
+            gaps.update(name, live)
+
+        return hook
 
     def adjust(name: str) -> Callable[[Tensor, Any], Tensor]:
         cols = [j for j, t in enumerate(targets) if arch.target_site(t).name == name]
         mask = patched[:, cols]
 
         def hook(act: Tensor, hook: Any) -> Tensor:
-            shifts = joint_shifts(model, live, corrupt, sources, weights, mask.to(act.dtype))
+            shifts = gaps.shifts(mask)
             out = act.clone()
             for shift, j in zip(shifts, cols, strict=True):
                 site = arch.target_site(targets[j])
@@ -223,10 +231,9 @@ def _circuit_run(
 
         return hook
 
-    residuals = sorted({r for t in targets if (r := arch.target_site(t).residual)})
-    fwd: list[tuple[str, Callable[..., Any]]] = [
-        (n, keep(live, n, detach=False)) for n in sorted({*names, *residuals})
-    ]
+    residuals = sorted({r for t in targets if (r := arch.target_site(t).residual)} - set(names))
+    fwd: list[tuple[str, Callable[..., Any]]] = [(n, record(n)) for n in names]
+    fwd += [(r, keep(live, r, detach=False)) for r in residuals]
     fwd += [(n, adjust(n)) for n in dict.fromkeys(arch.target_site(t).name for t in targets)]
     with torch.no_grad():
         values, _ = run_metric(model, ctx.base_tokens, ctx.batch, ctx.metric, ctx.reference, fwd)
