@@ -236,3 +236,14 @@ def test_circuit_runs_are_exact_at_both_ends_and_for_left_out_sources(
         run = cg.evaluate_circuit(model, pairs, kept)
         want = float(family.ref.nodes(out).mean())
         assert run.metric_circuit - run.metric_clean == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["opt", "falcon"])
+def test_mlp_width_is_read_from_the_weights(name: str, family: Loaded) -> None:
+    # TransformerLens reports 4·d_model for OPT and Falcon whatever their ffn size
+    from .families import D_MLP
+
+    assert family.info.d_mlp == D_MLP != 4 * family.info.d_model
+    last = cg.Node("neuron", 1, D_MLP - 1)
+    got = cg.attribute_nodes(family.model, family.pairs, method="exact", nodes=[last]).signed
+    assert float(got[0]) == pytest.approx(float(family.ref.node(last).mean()), abs=1e-6)
