@@ -71,7 +71,7 @@ def edge_atp_star(
     qk_layers = sorted({g.layer for g in groups if g.kind in ("q", "k")})
     lowest = min((g.layer for g in groups if g.kind != "logits"), default=info.n_layers)
     drops = tuple(range(lowest + 1, info.n_layers))
-    plan = _plan(arch, cands, groups, qk_layers, drops)
+    plan = _plan(model, arch, cands, groups, qk_layers, drops)
     signed = torch.zeros(len(cands.sources), len(cands.targets), dtype=torch.float64)
     dropped = torch.zeros_like(signed)
 
@@ -101,6 +101,7 @@ def edge_atp_star(
 
 
 def _plan(
+    model: Any,
     arch: Arch,
     cands: EdgeSet,
     groups: Sequence[TargetGroup],
@@ -114,7 +115,7 @@ def _plan(
     for layer in qk_layers:
         both |= {*arch.qk_hooks(layer), hooks.pattern(layer)}
         clean |= {hooks.v(layer), hooks.z(layer), hooks.q(layer), hooks.k(layer)}
-        clean |= {hooks.scores(layer)}
+        clean |= {hooks.scores(layer)} & set(model.hook_dict)  # log A stands in without
         clean |= set(arch.cos_sin_hooks(layer) or ())
         grads.add(hooks.z(layer))
     writes = arch.residual_writes(drops)

@@ -394,8 +394,10 @@ class QKFix:
 
     @property
     def clean_names(self) -> list[str]:
-        names = (hooks.v, hooks.z, hooks.scores)
-        return [name(layer) for layer in self.needs for name in names]
+        names = [n for layer in self.needs for n in (hooks.v(layer), hooks.z(layer))]
+        # the pre-softmax scores where the bridge has them (else log A stands in)
+        scores = [hooks.scores(layer) for layer in self.needs]
+        return names + [n for n in scores if n in self.model.hook_dict]
 
     @property
     def grad_names(self) -> list[str]:
