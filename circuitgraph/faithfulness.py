@@ -177,7 +177,7 @@ def model_edges(info: Any) -> list[Edge]:
     Example:
         >>> from circuitgraph.model import ModelInfo
         >>> len(model_edges(ModelInfo("m", 1, 1, 1, 8, 8, 8, "LN", False, True, False, 5, 8)))
-        6
+        8
     """
     targets, parallel = edge_targets(info), bool(info.parallel_blocks)
     return [Edge(s, t) for s in edge_sources(info) for t in targets if can_feed(s, t, parallel)]

@@ -30,7 +30,7 @@ class EdgeSet:
         >>> from circuitgraph.model import ModelInfo
         >>> info = ModelInfo("m", 1, 1, 1, 8, 4, 16, "LN", False, False, False, 10, 8)
         >>> len(EdgeSet.full(info).edges())
-        9
+        8
     """
 
     sources: tuple[Node, ...]
