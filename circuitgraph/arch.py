@@ -37,7 +37,6 @@ __all__ = [
     "HookSite",
     "Rotary",
     "TargetSite",
-    "arch_of",
     "hooks",
 ]
 
@@ -511,16 +510,6 @@ class Arch:
 
 #: model → its description (a probe forward each: read once per model)
 _CACHE: weakref.WeakKeyDictionary[Any, Arch] = weakref.WeakKeyDictionary()
-
-
-def arch_of(model: Any) -> Arch:
-    """:meth:`Arch.of` as a function.
-
-    Example:
-        >>> arch_of(model).parallel  # doctest: +SKIP
-        False
-    """
-    return Arch.of(model)
 
 
 def _original(component: Any) -> Any:
