@@ -270,6 +270,7 @@ def load_model(
             raise ModelLoadError(
                 f"could not load the model directory {spec!r}: {_first_line(err)}"
             ) from err
+        _refuse_misloaded(_cached_config(path), spec)  # a hub model TL failed on: say why
         raise ModelLoadError(
             f"could not load {spec!r} from the Hugging Face hub or the local cache (no "
             "network access?); use a zoo model (`circuitgraph models`) or a local model "
@@ -292,6 +293,16 @@ def _local_config(path: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None  # transformers will say what is wrong with it
     return data if isinstance(data, dict) else None
+
+
+def _cached_config(name: str) -> Any:
+    """The config of a hub model from the local cache only (None when there is none)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:  # no cache, no such model: nothing to say beyond the load error
+        return None
 
 
 def _refuse_misloaded(config: Any, spec: str) -> None:
