@@ -78,6 +78,9 @@ _EXPORTS: dict[str, str] = {
     "circuit_edges": "circuitgraph.graph",
     "write": "circuitgraph.export",
     "read": "circuitgraph.export",
+    # can this model's numbers be trusted?
+    "check": "circuitgraph.selfcheck",
+    "Verdict": "circuitgraph.selfcheck",
     # the whole pipeline
     "discover": "circuitgraph.pipeline",
     "DiscoverConfig": "circuitgraph.pipeline",
@@ -105,10 +108,12 @@ __all__ = [
     "PromptPairs",
     "TextPair",
     "ToolMissingError",
+    "Verdict",
     "__version__",
     "attribute_edges",
     "attribute_nodes",
     "build_circuit",
+    "check",
     "circuit_edges",
     "cmd",
     "cpr",
@@ -167,6 +172,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     )
     from circuitgraph.pipeline import DiscoverConfig, Discovery, discover
     from circuitgraph.scores import EdgeScores, NodeScores
+    from circuitgraph.selfcheck import Verdict, check
     from circuitgraph.tasks import (
         PromptPairs,
         TextPair,

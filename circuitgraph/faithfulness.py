@@ -171,15 +171,16 @@ class MIBScores:
 
 
 def model_edges(info: Any) -> list[Edge]:
-    """Every edge of the model described by ``info`` (a ModelInfo), in source-major order.
+    """Every edge of the model described by ``info`` (a ModelInfo), in source-major order
+    (parallel blocks: no head feeds its own layer's MLP).
 
     Example:
         >>> from circuitgraph.model import ModelInfo
         >>> len(model_edges(ModelInfo("m", 1, 1, 1, 8, 8, 8, "LN", False, True, False, 5, 8)))
-        6
+        8
     """
-    targets = edge_targets(info)
-    return [Edge(s, t) for s in edge_sources(info) for t in targets if can_feed(s, t)]
+    targets, parallel = edge_targets(info), bool(info.parallel_blocks)
+    return [Edge(s, t) for s in edge_sources(info) for t in targets if can_feed(s, t, parallel)]
 
 
 def ranked_edges(

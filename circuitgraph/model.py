@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import warnings
@@ -57,6 +58,7 @@ class ModelInfo:
     d_vocab: int
     n_ctx: int
     attn_only: bool = False
+    moe: bool = False  # MLPs route tokens to experts: no single neuron basis
 
     @property
     def grouped_query(self) -> bool:
@@ -78,6 +80,7 @@ def model_info(model: Any, name: str = "") -> ModelInfo:
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
     norm = getattr(cfg, "normalization_type", None) or "none"
     attn_only = bool(getattr(cfg, "attn_only", False))
+    d_mlp, moe = (0, False) if attn_only else _mlp_width(model)
     return ModelInfo(
         name=name or str(getattr(cfg, "model_name", "")),
         n_layers=int(cfg.n_layers),
@@ -85,7 +88,7 @@ def model_info(model: Any, name: str = "") -> ModelInfo:
         n_kv_heads=int(n_kv),
         d_model=int(cfg.d_model),
         d_head=int(cfg.d_head),
-        d_mlp=0 if attn_only else int(getattr(cfg, "d_mlp", 0) or 0),
+        d_mlp=d_mlp,
         norm="RMS" if "RMS" in str(norm) else ("LN" if "LN" in str(norm) else "none"),
         rotary=getattr(cfg, "positional_embedding_type", "") == "rotary",
         gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
@@ -93,7 +96,25 @@ def model_info(model: Any, name: str = "") -> ModelInfo:
         d_vocab=int(cfg.d_vocab),
         n_ctx=int(cfg.n_ctx),
         attn_only=attn_only,
+        moe=moe,
     )
+
+
+def _mlp_width(model: Any) -> tuple[int, bool]:
+    """(neurons per MLP, whether the MLPs are mixtures of experts).
+
+    The width comes from the MLP weights: TransformerLens reports 4·d_model for OPT and
+    Falcon whatever their ``ffn_dim``. A mixture of experts has no single W_in.
+    """
+    blocks = getattr(model, "blocks", None)
+    mlp = getattr(blocks[0], "mlp", None) if blocks is not None and len(blocks) else None
+    inner = getattr(mlp, "original_component", None) or mlp
+    if inner is not None and hasattr(inner, "experts"):
+        return int(getattr(model.cfg, "d_mlp", 0) or 0), True
+    try:  # one layer's weight (the stacked W_in would copy every layer's)
+        return int(mlp.W_in.shape[-1]), False  # type: ignore[union-attr]
+    except (AttributeError, RuntimeError, KeyError, IndexError):
+        return int(getattr(model.cfg, "d_mlp", 0) or 0), False
 
 
 def require_eval(model: torch.nn.Module) -> None:
@@ -234,6 +255,7 @@ def load_model(
     path, name = _resolve_spec(spec)
     torch_dtype = _parse_dtype(dtype) or torch.float32
     device = resolve_device(device)
+    _refuse_misloaded(_local_config(path), spec)
     try:
         with _quiet_loading():
             gguf = find_gguf(Path(path))
@@ -262,16 +284,56 @@ def load_model(
             raise ModelLoadError(
                 f"could not load the model directory {spec!r}: {_first_line(err)}"
             ) from err
+        _refuse_misloaded(_cached_config(path), spec)  # a hub model TL failed on: say why
         raise ModelLoadError(
             f"could not load {spec!r} from the Hugging Face hub or the local cache (no "
             "network access?); use a zoo model (`circuitgraph models`) or a local model "
             "directory instead"
         ) from err
     bridge.eval()
+    _refuse_misloaded(getattr(getattr(bridge, "original_model", None), "config", None), spec)
     _check_tokenizer(bridge, spec)
     _keep_bos_convention(bridge, path)
     info = model_info(bridge, name)
     return bridge, info
+
+
+def _local_config(path: str) -> dict[str, Any] | None:
+    """The config.json of a local model directory (None for hub names and native dirs)."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None  # transformers will say what is wrong with it
+    return data if isinstance(data, dict) else None
+
+
+def _cached_config(name: str) -> Any:
+    """The config of a hub model from the local cache only (None when there is none)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:  # no cache, no such model: nothing to say beyond the load error
+        return None
+
+
+def _refuse_misloaded(config: Any, spec: str) -> None:
+    """Refuse architectures that TransformerLens loads with wrong weights (no error of its
+    own, or a traceback deep inside it)."""
+    if config is None:
+        return
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    if get("model_type") == "falcon" and get("new_decoder_architecture", False):
+        raise ModelLoadError(
+            f"expected a model that transformer-lens loads faithfully but {spec!r} is a Falcon "
+            "with the new decoder architecture (grouped-query attention, "
+            "new_decoder_architecture=true), whose fused q/k/v weights transformer-lens "
+            "mis-splits into wrong logits; no circuitgraph method can run on it, so use another "
+            "model"
+        )
 
 
 def _check_tokenizer(bridge: Any, spec: str) -> None:

@@ -37,7 +37,7 @@ from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_curve, patch_edges
-from circuitgraph.run import metric_gap
+from circuitgraph.run import NONLINEAR, far_from_exact, metric_gap
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.pairs import PromptPairs
 
@@ -207,6 +207,7 @@ def discover_circuit(
                 model, pairs, nodes, k=k, batch_size=c.batch_size,
                 progress=stages("verify top nodes", n * k),
             )  # fmt: skip
+    estimate_warning = _estimate_warning(verification)
     diagnosis = _diagnose(model, pairs, nodes, verification, c, stages, t)
     with _timed(t, "edges"):
         cands = edge_candidates(info, _whole_nodes(nodes, c.keep_nodes), keep=None)
@@ -235,9 +236,28 @@ def discover_circuit(
         metric_circuit=faith.metric_circuit,
         diagnostic_bound=None if diagnosis is None else diagnosis.bound,
         diagnostic_confidence=None if diagnosis is None else diagnosis.confidence,
-        mib=None if mib is None else mib.to_json(),
+        mib=None if mib is None else mib.to_json(), estimate_warning=estimate_warning,
     )  # fmt: skip
     return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib)
+
+
+def _estimate_warning(verification: Verification | None) -> str | None:
+    """A warning for the outputs (the circuit's ``estimate_warning``, the report, the CLI
+    summary) when the verified top nodes' exact effects are far from their estimates: the
+    model is strongly non-linear along these patches (Gemma-2/3-like), or the estimate is
+    wrong for it, which ``circuitgraph check`` tells apart."""
+    if verification is None or not len(verification.nodes):
+        return None
+    gap, flips = far_from_exact(verification.estimated, verification.true)
+    if gap <= NONLINEAR and not flips:
+        return None
+    return (
+        f"the {verification.method} estimates of the verified top nodes differ from exact "
+        f"patching by up to {gap:.2f} of the largest exact effect ({flips} of "
+        f"{len(verification.nodes)} change sign), so this model is strongly non-linear along "
+        "these patches (or the estimate is wrong for it: `circuitgraph check` tells which); "
+        "trust the exact values over the estimates"
+    )
 
 
 def _curves(

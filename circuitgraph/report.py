@@ -44,6 +44,8 @@ def report_md(
     warning = gap_warning(g["metric_clean"], g["metric_corrupt"])
     if warning:
         lines.append(f"- **{warning}**")
+    if g.get("estimate_warning"):
+        lines.append(f"- **{g['estimate_warning']}**")
     if found.mib is not None:
         lines.append(_mib_line(found.mib))
     d = found.diagnosis

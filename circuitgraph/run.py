@@ -339,6 +339,25 @@ GAP_REFUSE = 0.01
 #: below this share (but above GAP_REFUSE) faithfulness is reported with a warning: any error
 #: in L_circuit is amplified by more than 1 / GAP_WARN = 10×
 GAP_WARN = 0.1
+#: estimates (AtP, AtP*, EAP) further than this share of the largest exact effect from exact
+#: patching are warned about: the model is strongly non-linear along the patch
+NONLINEAR = 0.5
+
+
+def far_from_exact(estimate: Tensor, exact: Tensor) -> tuple[float, int]:
+    """(largest |estimate − exact| over the largest |exact|, how many of the effects above a
+    tenth of the largest have the wrong sign): how far estimates are from exact patching.
+
+    Example:
+        >>> far_from_exact(torch.tensor([1.0, -0.5]), torch.tensor([1.0, 0.5]))
+        (1.0, 1)
+    """
+    scale = float(exact.abs().max()) if exact.numel() else 0.0
+    if scale == 0.0:
+        return 0.0, 0
+    gap = float((estimate.double() - exact.double()).abs().max()) / scale
+    big = exact.abs() > 0.1 * scale
+    return gap, int(((estimate * exact < 0) & big).sum())
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,7 @@ def discover(
             f"faithfulness {g['faithfulness']:.3f} ({metric})"
             + (f", CPR {mib['cpr']:.3f}, CMD {mib['cmd']:.3f}" if mib else "")
             + (f"\n{warning}" if warning else "")
+            + (f"\nwarning: {g['estimate_warning']}" if g.get("estimate_warning") else "")
             + f"\n-> {folder}/ ({', '.join(written)})",
         )
 
@@ -588,6 +589,32 @@ def export_circuit(
             extra["scores"] = EdgeScores.from_json(load_json(scores, "edge scores"), str(scores))
         export.write(g, target, format, **extra)
         show.result({"out": str(target), "format": format}, f"-> {target}")
+
+
+@app.command()
+def check(
+    model: Model = DEFAULT_MODEL,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    json: Json = False,
+) -> None:
+    """Self-checks on a model: can its numbers be trusted? One verdict per check (exit 1 if
+    one fails)."""
+    from circuitgraph.selfcheck import check as run_checks
+    from circuitgraph.selfcheck import summary
+
+    with user_errors():
+        mdl, _ = common.load(model, device, dtype)
+        verdicts = run_checks(mdl, seed=seed)
+    if json:
+        typer.echo(dumps({"model": model, "checks": [v.to_json() for v in verdicts]}))
+    else:
+        for v in verdicts:
+            typer.echo(v.line())
+        typer.echo(f"{model}: {summary(verdicts)}")
+    if any(v.status == "fail" for v in verdicts):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -17,10 +17,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import source_hook, target_site
+from circuitgraph.arch import Arch
 from circuitgraph.errors import ConfigError
-from circuitgraph.model import model_info
-from circuitgraph.nodes import Edge, Node, can_feed, edge_sources, edge_targets
+from circuitgraph.nodes import Edge, Node, edge_sources, edge_targets
 from circuitgraph.patching.edges import check_edge
 from circuitgraph.run import (
     MetricGap,
@@ -35,7 +34,7 @@ from circuitgraph.run import (
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights, shift_target, source_outputs
+from circuitgraph.weights import AttnWeights, SourceGaps, attn_weights, shift_target
 
 __all__ = ["CircuitEval", "evaluate_circuit", "evaluate_circuits", "faithfulness_curve"]
 
@@ -116,12 +115,12 @@ def evaluate_circuits(
         >>> small, large = evaluate_circuits(model, pairs, [ranked[:10], ranked[:100]])  # doctest: +SKIP
     """
     pairs, metric, opts = resolve(model, pairs, metric, batch_size, progress=progress)
-    info = model_info(model)
-    sources, targets = edge_sources(info), edge_targets(info)
-    feeds = _feeds(sources, targets)
-    insides = [_circuit_mask(sources, targets, set(edges)) for edges in circuits]
+    arch = Arch.of(model)
+    sources, targets = edge_sources(arch.info), edge_targets(arch.info)
+    feeds = _feeds(arch, sources, targets)
+    insides = [_circuit_mask(arch, sources, targets, set(edges)) for edges in circuits]
     weights = attn_weights(model)
-    names = sorted({source_hook(s) for s in sources})
+    names = sorted({arch.source_hook(s) for s in sources})
     # the circuits..., then Σ L_clean, Σ L_corrupt, Σ max(|L_clean|, |L_corrupt|)
     sums = torch.zeros(len(insides) + 3, dtype=torch.float64)
     for batch in opts.batches(pairs):
@@ -132,11 +131,8 @@ def evaluate_circuits(
                 model, batch.corrupt, batch, metric, ctx.reference,
                 [(n, keep(corrupt, n, detach=False)) for n in names],
             )  # fmt: skip
-        corrupt_out = source_outputs(corrupt, sources, weights)
         for i, inside in enumerate(insides):
-            values = _circuit_run(
-                model, ctx, sources, targets, feeds & ~inside, corrupt_out, weights
-            )
+            values = _circuit_run(model, ctx, sources, targets, feeds & ~inside, corrupt, weights)
             sums[i] += values.double().sum().cpu()
             opts.advance(len(batch))
         sums[-3:] += gap_sums(ctx.base_metric, corrupt_vals)
@@ -173,22 +169,22 @@ def faithfulness_curve(
     return [(n, ev.faithfulness) for n, ev in zip(sizes, evals, strict=True)]
 
 
-def _circuit_mask(sources: list[Node], targets: list[Node], edges: set[Edge]) -> Tensor:
+def _circuit_mask(arch: Arch, sources: list[Node], targets: list[Node], edges: set[Edge]) -> Tensor:
     """[S, V] bool: True where the edge is in the circuit."""
     s_idx = {n: i for i, n in enumerate(sources)}
     t_idx = {n: i for i, n in enumerate(targets)}
     mask = torch.zeros(len(sources), len(targets), dtype=torch.bool)
     for e in edges:
-        check_edge(e)
+        check_edge(e, arch)
         if e.src not in s_idx or e.dst not in t_idx:
             raise ConfigError(f"edge {e.id} is not an edge of this model")
         mask[s_idx[e.src], t_idx[e.dst]] = True
     return mask
 
 
-def _feeds(sources: list[Node], targets: list[Node]) -> Tensor:
+def _feeds(arch: Arch, sources: list[Node], targets: list[Node]) -> Tensor:
     """[S, V] bool: True where the source can feed the target (the edge exists)."""
-    return torch.tensor([[can_feed(s, t) for t in targets] for s in sources], dtype=torch.bool)
+    return torch.tensor([[arch.can_feed(s, t) for t in targets] for s in sources], dtype=torch.bool)
 
 
 def _circuit_run(
@@ -197,48 +193,48 @@ def _circuit_run(
     sources: list[Node],
     targets: list[Node],
     patched: Tensor,
-    corrupt_out: Float[Tensor, "b t s d"],
+    corrupt: dict[str, Tensor],
     weights: AttnWeights,
 ) -> Float[Tensor, " b"]:
     """The clean run with every non-circuit edge's source seen as corrupt by its target:
-    ``patched`` [S, V] marks those edges, ``corrupt_out`` holds the sources' corrupt outputs."""
-    names = sorted({source_hook(s) for s in sources})
-    patched = patched.to(corrupt_out.device, corrupt_out.dtype)
+    ``patched`` [S, V] marks those edges, ``corrupt`` holds the corrupt run's source
+    activations. A target's input moves by the joint shift of its patched sources (heads of
+    one post-norm layer together: their writes do not add up)."""
+    arch = Arch.of(model)
+    names = sorted({arch.source_hook(s) for s in sources})
     live: dict[str, Tensor] = {}
-    gap = torch.zeros_like(corrupt_out)  # out(corrupt) − out(this run), filled as sources run
+    gaps = SourceGaps(model, sources, weights, corrupt)
 
     def record(name: str) -> Callable[[Tensor, Any], None]:
-        cols = [i for i, s in enumerate(sources) if source_hook(s) == name]
-
         def hook(act: Tensor, hook: Any) -> None:
             live[name] = act
-            now = source_outputs(live, [sources[i] for i in cols], weights)
-            gap[:, :, cols] = corrupt_out[:, :, cols] - now
+            gaps.update(name, live)
 
         return hook
 
     def adjust(name: str) -> Callable[[Tensor, Any], Tensor]:
-        cols = [j for j, t in enumerate(targets) if target_site(t).name == name]
+        cols = [j for j, t in enumerate(targets) if arch.target_site(t).name == name]
+        mask = patched[:, cols]
 
         def hook(act: Tensor, hook: Any) -> Tensor:
-            shifts = torch.einsum("btsd,sv->vbtd", gap, patched[:, cols])
+            shifts = gaps.shifts(mask)
             out = act.clone()
             for shift, j in zip(shifts, cols, strict=True):
-                site = target_site(targets[j])
+                site = arch.target_site(targets[j])
                 x = None if site.residual is None else live[site.residual].unsqueeze(0)
                 change = shift_target(model, weights, targets[j], x, shift.unsqueeze(0))[0]
                 if site.index is None:
                     out += change.to(act.dtype)
                 else:
-                    out[:, :, site.index] += change.to(act.dtype)
+                    site.view(out)[:, :, site.index] += change.to(act.dtype)
             return out
 
         return hook
 
-    residuals = sorted({r for t in targets if (r := target_site(t).residual)})
+    residuals = sorted({r for t in targets if (r := arch.target_site(t).residual)} - set(names))
     fwd: list[tuple[str, Callable[..., Any]]] = [(n, record(n)) for n in names]
     fwd += [(r, keep(live, r, detach=False)) for r in residuals]
-    fwd += [(n, adjust(n)) for n in dict.fromkeys(target_site(t).name for t in targets)]
+    fwd += [(n, adjust(n)) for n in dict.fromkeys(arch.target_site(t).name for t in targets)]
     with torch.no_grad():
         values, _ = run_metric(model, ctx.base_tokens, ctx.batch, ctx.metric, ctx.reference, fwd)
     return values

@@ -218,8 +218,10 @@ def additive():
 
 def reference_effects(model, pairs: PromptPairs, nodes, mode: str = "noising") -> torch.Tensor:
     """E I(n) per node by plain hooked forwards, metric kept in the model's dtype."""
-    from circuitgraph.arch import hook_site
+    from circuitgraph.arch import Arch
     from circuitgraph.tasks.metrics import answer_logits, get_metric
+
+    hook_site = Arch.of(model).node_site
 
     metric = get_metric("logit_diff")
     base, src = (pairs.clean, pairs.corrupt) if mode == "noising" else (pairs.corrupt, pairs.clean)

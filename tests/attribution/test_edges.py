@@ -270,7 +270,8 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     cands = EdgeSet.full(info)
     w = E.attn_weights(model)
     batch = pairs
-    names = sorted({E.source_hook(s) for s in cands.sources} | {E.hooks.embed})
+    arch = E.Arch.of(model)
+    names = sorted({arch.source_hook(s) for s in cands.sources} | {E.hooks.embed})
     acts_src = capture(model, batch.corrupt, names)
     ref = clean_reference(model, batch, get_metric("kl"))
     run = E._GradRun(model, batch.clean, batch, get_metric("kl"), ref, cands, w)
@@ -278,9 +279,7 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     mid = acts_src[E.hooks.embed] + 0.5 * (acts_base[E.hooks.embed] - acts_src[E.hooks.embed])
     point, _, _ = run(mid, ())
     grads = input_grads(model, point.groups, point.grads, point.acts, w, len(cands.targets), mid)
-    delta = E.source_outputs(acts_src, cands.sources, w) - E.source_outputs(
-        acts_base, cands.sources, w
-    )
+    delta = E.source_deltas(model, acts_base, acts_src, cands.sources, w)
     want = E._contract(delta, grads) / 2 / len(pairs) * cands.valid
     assert torch.allclose(two.signed, want, atol=1e-6)
 
