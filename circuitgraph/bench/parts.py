@@ -10,7 +10,7 @@ from circuitgraph.tasks.pairs import PromptPairs
 if TYPE_CHECKING:
     from circuitgraph.bench.config import BenchConfig, Say
 
-__all__ = ["memory_part", "peer_part", "recall_part", "scaling_part", "speed_part"]
+__all__ = ["memory_part", "peer_part", "real_part", "recall_part", "scaling_part", "speed_part"]
 
 
 def _is_big(spec: str) -> bool:
@@ -135,3 +135,18 @@ def peer_part(config: BenchConfig, say: Say) -> dict[str, Any]:
         except (NotImplementedError, ValueError) as err:  # TransformerLens refuses the model
             out[spec] = {"unsupported": str(err).splitlines()[0]}
     return out
+
+
+def real_part(config: BenchConfig, say: Say) -> dict[str, Any]:
+    """The screen against exact patching on ``config.real_model`` (:mod:`circuitgraph.bench.real`)."""
+    from circuitgraph.bench.real import real_task
+    from circuitgraph.model import load_model
+
+    model, info = load_model(config.real_model, device="cpu")
+    say(f"real: {config.real_model}, {info.n_layers} layers")
+    c = config
+    tasks = {
+        t: real_task(model, info, t, c.real_pairs, c.real_mlp_layers, c.real_keep_nodes, say)
+        for t in c.real_tasks
+    }
+    return {"model": config.real_model, "tasks": tasks}

@@ -101,6 +101,45 @@ def peer_table(peer: dict[str, Any]) -> list[str]:
     return lines
 
 
+def real_table(real: dict[str, Any]) -> list[str]:
+    """The ``--real`` part: recall and cost of verified recall, edges, circuit, per task."""
+    lines = [
+        f"real model {real['model']}: exact top-10 found in AtP / AtP*'s top-10 and top-20; "
+        "cost of verified recall at k=10 against the sweep (forward-pass equivalents per pair)",
+        "",
+        "| task | kind | nodes | AtP top-10 | AtP top-20 | AtP* top-10 | AtP* top-20 | AtP cost "
+        "| AtP* cost | sweep |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, r in real["tasks"].items():
+        for kind in ("heads", "neurons"):
+            if kind not in r:
+                continue
+            x = r[kind]
+            layers = ", ".join(f"m{layer}" for layer in x.get("layers", []))
+            where = "head/q/k/v" if kind == "heads" else f"neurons of {layers}"
+            lines.append(
+                f"| {task} | {where} | {x['nodes']} | {x['atp']['top10']}/10 | "
+                f"{x['atp']['top20']}/10 | {x['atp*']['top10']}/10 | {x['atp*']['top20']}/10 | "
+                f"{x['atp']['cost']:.0f} | {x['atp*']['cost']:.0f} | {x['atp']['sweep']:.0f} |"
+            )
+    lines += [
+        "",
+        "| task | candidate edges | EAP Spearman | EAP top-20 | EAP-IG Spearman | EAP-IG top-20 "
+        "| circuit edges | F | discover s | exact sweep s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, r in real["tasks"].items():
+        e, c = r["edges"], r["circuit"]
+        sweep = r["exact_heads"]["wall_s"] + r.get("neurons", {}).get("exact", {}).get("wall_s", 0)
+        lines.append(
+            f"| {task} | {e['edges']} | {e['eap']['spearman']:.3f} | {e['eap']['top20']}/20 | "
+            f"{e['eap-ig']['spearman']:.3f} | {e['eap-ig']['top20']}/20 | {c['edges']} | "
+            f"{c['faithfulness']:.3f} | {c['wall_s']:.0f} | {sweep:.0f} |"
+        )
+    return lines
+
+
 def table(results: dict[str, Any]) -> str:
     """The whole printed table.
 
@@ -121,6 +160,8 @@ def table(results: dict[str, Any]) -> str:
         blocks.append(scaling_table(results["scaling"]))
     if "peer" in results:
         blocks.append(peer_table(results["peer"]))
+    if "real" in results:
+        blocks.append(real_table(results["real"]))
     blocks.append([f"total {results['seconds']['total']:.0f} s"])
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
 

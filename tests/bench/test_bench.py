@@ -165,3 +165,28 @@ def test_batches_key_the_speed_results_by_batch():
     assert all(r["ratios"]["bridge"] > 0 for r in results["speed"].values())
     rows = [ln for ln in table(results).splitlines() if ln.startswith("random:tiny-gpt2")]
     assert [r.split()[1] for r in rows] == ["2x6", "3x8"]
+
+
+def test_bench_real_measures_the_screen_against_exact_patching_on_any_model(tmp_path):
+    # The real part on a zoo model (SmolLM2 needs a 93 MB package): every number is there,
+    # recall is out of the exact top-10, and the sweep costs one pass per node plus two.
+    args = ["bench", "--real", "--models", "zoo:gpt2-4l", "--real-tasks", "ioi",
+            "--real-pairs", "4", "--out", str(tmp_path)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    real = json.loads((tmp_path / "bench.json").read_text())["real"]
+    ioi = real["tasks"]["ioi"]
+    assert real["model"] == "zoo:gpt2-4l" and ioi["pairs"] == 4
+    for kind, n in (("heads", 64), ("neurons", 512)):
+        x = ioi[kind]
+        assert x["nodes"] == n and len(x["exact_top10"]) == 10
+        for method in ("atp", "atp*"):
+            row = x[method]
+            assert 0 <= row["top10"] <= row["top20"] <= 10 and row["sweep"] == n + 2
+            # the method's own passes (a few) plus 10..n nodes verified in its order
+            assert 10 < row["cost"] <= n + 50
+    assert ioi["edges"]["edges"] > 0 and -1 <= ioi["edges"]["eap"]["spearman"] <= 1
+    assert ioi["circuit"]["edges"] > 0 and math.isfinite(ioi["circuit"]["faithfulness"])
+    assert (
+        "real model zoo:gpt2-4l" in result.output and "| ioi | head/q/k/v | 64 |" in result.output
+    )
