@@ -447,6 +447,9 @@ def edges(
             if nodes_file is not None
             else None
         )
+        if reused is not None:  # before minutes of model loading
+            where = _where(model, task or common.DEFAULT_TASK, data)
+            _same_task(reused, str(nodes_file), where, metric)
         folder = out_dir(out)
         mdl, info, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         _check_layers(info, _layers(layers))
@@ -458,7 +461,7 @@ def edges(
                     **_where(model, source, data),
                     "model_sha256": run["model_files"]["sha256"],
                 }
-                node_scores = _reuse_screening(reused, str(nodes_file), info, where, metric, show)
+                node_scores = _reuse_screening(reused, str(nodes_file), info, where, show)
                 node_scores = _restrict(node_scores, kinds, _layers(layers))
             elif keep_nodes is not None:
                 node_scores = attribute_nodes(
@@ -493,19 +496,30 @@ def edges(
         )
 
 
-def _reuse_screening(
-    scores: Any, path: str, info: Any, where: dict[str, Any], metric: str, show: Output
-) -> Any:
-    """A screening read from ``nodes.json``, refused in one sentence when it was made for
-    another model, task, data or metric, or holds nodes this model does not have."""
-    from circuitgraph.nodes import enumerate_nodes
+def _same_task(scores: Any, path: str, where: dict[str, Any], metric: str) -> None:
+    """Refuse a screening (``nodes.json``) made with another metric, task or data, in one
+    sentence and before the model is loaded."""
     from circuitgraph.tasks.metrics import get_metric
 
+    on = scores.meta.get("screened_on")
+    for key in ("task", "data"):
+        if isinstance(on, dict) and on.get(key) != where[key]:
+            raise ConfigError(
+                f"expected a screening of the {key} {where[key]!r} but {path} was made on "
+                f"{on.get(key)!r}; pass the same --task/--data or screen again"
+            )
     if scores.metric != get_metric(metric).name:
         raise ConfigError(
             f"expected a screening made with the metric {get_metric(metric).name!r} but {path} "
             f"was made with {scores.metric!r}; pass --metric {scores.metric} or screen again"
         )
+
+
+def _reuse_screening(scores: Any, path: str, info: Any, where: dict[str, Any], show: Output) -> Any:
+    """A screening read from ``nodes.json``, refused in one sentence when it was made on
+    another model (other files) or holds nodes this model does not have."""
+    from circuitgraph.nodes import enumerate_nodes
+
     on = scores.meta.get("screened_on")
     if isinstance(on, dict):
         mine, theirs = where["model_sha256"], on.get("model_sha256")
@@ -515,12 +529,6 @@ def _reuse_screening(
                 f"{str(mine)[:12]}) but {path} was made on {on.get('model')!r} (sha256 "
                 f"{str(theirs)[:12]}); screen this model again with `circuitgraph nodes`"
             )
-        for key in ("task", "data"):
-            if on.get(key) != where[key]:
-                raise ConfigError(
-                    f"expected a screening of the {key} {where[key]!r} but {path} was made on "
-                    f"{on.get(key)!r}; pass the same --task/--data or screen again"
-                )
     else:  # written by the library, or before screenings recorded what they were made on
         text = f"{path} does not record its model and task; only its node names were checked"
         show.say(f"note: {text}")

@@ -230,7 +230,11 @@ def test_edges_kinds_and_layers_choose_the_kept_nodes(screened, tmp_path):
         (["--model", "zoo:gpt2-4l"], "expected a screening of this model (zoo:gpt2-4l, files"),
     ],
 )
-def test_a_screening_of_something_else_is_refused(screened, tmp_path, extra, message):
+def test_a_screening_of_something_else_is_refused(screened, tmp_path, monkeypatch, extra, message):
+    from circuitgraph.cli import common
+
+    if "--model" not in extra:  # a wrong task or metric is refused before loading the model
+        monkeypatch.setattr(common, "load", lambda *a: pytest.fail("the model was loaded"))
     args = ["edges", *FAST, "--nodes", str(screened / "nodes.json"), "--out", str(tmp_path / "x")]
     result = _run(args + extra)
     assert result.exit_code == 1
