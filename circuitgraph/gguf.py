@@ -69,20 +69,59 @@ def find_gguf(path: Path) -> Path | None:
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's content, read in 8 MiB chunks.
+    """The SHA-256 of a file's content, read in 8 MiB chunks, memoised.
 
-        Example:
-            >>> import tempfile
-    import time
-            >>> with tempfile.NamedTemporaryFile() as f:
-            ...     file_sha256(Path(f.name))[:8]
-            'e3b0c442'
+    Hashing a 100 MB GGUF takes about a second at every load; the digest is kept in
+    ``$CIRCUITGRAPH_CACHE/sha256.json`` under the file's absolute path, size and
+    modification time (nanoseconds), and computed again when any of them changes.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as f:
+        ...     file_sha256(Path(f.name))[:8]
+        'e3b0c442'
     """
+    stat = path.stat()
+    key = str(path.resolve())
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    memo = _read_memo()
+    hit = memo.get(key)
+    if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+        return str(hit["sha256"])
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(8 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+    sha = digest.hexdigest()
+    _write_memo({**_read_memo(), key: {"stamp": stamp, "sha256": sha}})
+    return sha
+
+
+def _memo_file() -> Path:
+    return cache_root() / "sha256.json"
+
+
+def _read_memo() -> dict[str, Any]:
+    try:
+        data = json.loads(_memo_file().read_text())
+    except (OSError, ValueError):
+        return {}  # no memo yet, or a damaged one: hash again
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(memo: dict[str, Any]) -> None:
+    """Replace the memo atomically; a cache that cannot be written only costs time."""
+    target = _memo_file()
+    with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".sha256.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(memo, f)
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -28,10 +28,17 @@ from typing import Any
 import torch
 
 from circuitgraph.errors import ConfigError, ModelLoadError, ModelStateError
-from circuitgraph.gguf import cached_model_dir, find_gguf
-from circuitgraph.zoo.native import boot_native_dir, is_native_dir
+from circuitgraph.gguf import cached_model_dir, file_sha256, find_gguf
+from circuitgraph.zoo.native import NATIVE_CONFIG, boot_native_dir, is_native_dir
 
-__all__ = ["ModelInfo", "load_model", "model_info", "require_eval", "resolve_device"]
+__all__ = [
+    "ModelInfo",
+    "load_model",
+    "model_fingerprint",
+    "model_info",
+    "require_eval",
+    "resolve_device",
+]
 
 
 @dataclass(frozen=True)
@@ -296,6 +303,48 @@ def load_model(
     _keep_bos_convention(bridge, path)
     info = model_info(bridge, name)
     return bridge, info
+
+
+#: the files of a model directory that make its numbers: weights, config and tokenizer
+_FINGERPRINTED = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".tiktoken")
+_FINGERPRINTED_NAMES = ("config.json", NATIVE_CONFIG, "tokenizer.json", "tokenizer_config.json",
+                        "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt")  # fmt: skip
+
+
+def model_fingerprint(spec: str) -> dict[str, Any]:
+    """The SHA-256 of what a model spec loads, for a run's manifest.
+
+    A GGUF file: its content's SHA-256 (the key of its conversion cache). A directory (a
+    zoo model, or a user's): the SHA-256 of the sorted lines ``name<TAB>sha256`` of its
+    weight files (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.gguf`` ...), its config and
+    tokenizer files, each listed under ``files``. Every file's digest is memoised by
+    path, size and modification time (:func:`~circuitgraph.gguf.file_sha256`), so only a
+    model's first run pays for reading it. A hub name is not hashed (``sha256`` null).
+
+    Example:
+        >>> len(model_fingerprint("zoo:attn-only-2l")["sha256"])  # doctest: +SKIP
+        64
+    """
+    import hashlib
+
+    path = Path(_resolve_spec(spec)[0])
+    if not path.exists():
+        return {"sha256": None, "of": "a hub name (not hashed)", "files": {}}
+    gguf = find_gguf(path)
+    if gguf is not None:
+        sha = file_sha256(gguf)
+        return {"sha256": sha, "of": "the GGUF file", "files": {gguf.name: sha}}
+    files = {
+        f.name: file_sha256(f)
+        for f in sorted(path.iterdir())
+        if f.is_file() and (f.suffix in _FINGERPRINTED or f.name in _FINGERPRINTED_NAMES)
+    }
+    lines = "".join(f"{name}\t{sha}\n" for name, sha in files.items())
+    return {
+        "sha256": hashlib.sha256(lines.encode()).hexdigest(),
+        "of": "the directory's weight, config and tokenizer files",
+        "files": files,
+    }
 
 
 def _local_config(path: str) -> dict[str, Any] | None:

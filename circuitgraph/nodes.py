@@ -26,6 +26,7 @@ __all__ = [
     "NodeArray",
     "NodeKind",
     "can_feed",
+    "checked_layers",
     "edge_sources",
     "edge_targets",
     "enumerate_nodes",
@@ -239,7 +240,7 @@ def enumerate_nodes(
     """
     kinds = _checked_kinds(info, kinds, per_position, seq_len)
     out: list[Node] = []
-    for layer in layers if layers is not None else range(info.n_layers):
+    for layer in checked_layers(info, layers):
         for kind in kinds:
             out.extend(_layer_nodes(info, kind, layer))
     out.sort(key=lambda n: n.sort_key)
@@ -383,7 +384,7 @@ def node_array(
     width = {"head": info.n_heads, "q": info.n_heads, "k": info.n_kv_heads,
              "v": info.n_kv_heads, "mlp": 1, "neuron": info.d_mlp}  # fmt: skip
     parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    for layer in layers if layers is not None else range(info.n_layers):
+    for layer in checked_layers(info, layers):
         for kind in sorted(set(chosen), key=_KINDS.index):
             n = width[kind]
             grouped = kind in ("k", "v") and info.grouped_query
@@ -403,6 +404,28 @@ def node_array(
         position = torch.arange(seq_len).repeat(len(position))
         cols = [c.repeat_interleave(seq_len) for c in cols]
     return NodeArray(cols[0], cols[1], cols[2], position, cols[3])
+
+
+def checked_layers(info: ModelInfo, layers: Iterable[int] | None = None) -> list[int]:
+    """The layers to enumerate nodes in: all of them, or the given ones (sorted, without
+    repeats); a layer the model does not have is refused in one sentence.
+
+    Example:
+        >>> from circuitgraph.model import ModelInfo
+        >>> info = ModelInfo("m", 4, 4, 4, 32, 8, 64, "LN", False, False, False, 50, 32)
+        >>> checked_layers(info, [3, 1, 1])
+        [1, 3]
+    """
+    if layers is None:
+        return list(range(info.n_layers))
+    chosen = sorted({int(x) for x in layers})
+    outside = [x for x in chosen if not 0 <= x < info.n_layers]
+    if outside:
+        raise ConfigError(
+            f"expected layers between 0 and {info.n_layers - 1} (the model has "
+            f"{info.n_layers}) but got {', '.join(map(str, outside))}; choose layers it has"
+        )
+    return chosen
 
 
 def _checked_kinds(

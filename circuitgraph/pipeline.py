@@ -54,6 +54,8 @@ class DiscoverConfig:
     metric: str = "logit_diff"
     node_method: str = "atp*"
     kinds: tuple[str, ...] = ("head", "q", "k", "v", "mlp")
+    #: screen only nodes in these layers (None: every layer; input and logits always)
+    layers: tuple[int, ...] | None = None
     per_position: bool = False
     verify_k: int = 10
     diagnose_subsets: int = 100
@@ -198,6 +200,7 @@ def discover_circuit(
         nodes = attribute_nodes(
             model, pairs, c.metric, c.node_method, c.kinds, c.per_position, c.batch_size,
             progress=stages("screen nodes", 0),  # units differ by method: no fixed total
+            layers=c.layers,
         )  # fmt: skip
     verification = None
     if c.verify_k > 0:

@@ -59,7 +59,8 @@ def report_md(
         lines += ["", f"![Faithfulness by circuit size]({picture})"]
     lines += ["", f"## Top nodes (ranked by {found.node_scores.method} score)", ""]
     lines += _node_table(found)
-    lines += ["", "## Circuit edges", "", "| edge | estimate | exact |", "|---|---:|---:|"]
+    lines += ["", "## Circuit edges (by |score|, largest first)", ""]
+    lines += ["| edge | estimate | exact |", "|---|---:|---:|"]
     for u, v, a in sorted(found.circuit.edges(data=True), key=lambda x: -x[2].get("score", 0)):
         if a.get("internal"):
             continue

@@ -14,7 +14,7 @@ from circuitgraph.text import plural
 
 from . import common, guard
 from .common import DEFAULT_MODEL, Output, dumps, out_dir, user_errors, write
-from .report import manifest
+from .report import manifest, run_facts
 
 # Every command runs inside guard.GuardedGroup: one line and a documented exit code for every
 # failure (0 ok, 1 error, 2 usage, 130 SIGINT, 143 SIGTERM), nothing half-written left.
@@ -72,10 +72,33 @@ Bos = Annotated[
     ),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="No progress (bars, or lines every ~10 s off a terminal) or summary."
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated node kinds: head,q,k,v,mlp,neuron.")]
 PerPosition = Annotated[bool, typer.Option("--per-position", help="One node per token position.")]
+
+
+def _layer_spec(specs: list[str] | None) -> list[str] | None:
+    """Check ``--layers`` as it is parsed (a malformed one is a usage error)."""
+    if specs:
+        _layers(specs)
+    return specs
+
+
+Layers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layers",
+        callback=_layer_spec,
+        help="Only nodes in these layers, e.g. 0-3,7 (repeatable; default: all). Input and "
+        "logits are always kept.",
+    ),
+]
 EdgeFractions = Annotated[
     str | None,
     typer.Option(
@@ -103,6 +126,35 @@ def _kinds(text: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
+def _layers(specs: list[str] | None) -> tuple[int, ...] | None:
+    """``--layers 0-3,7`` (or repeated) as sorted layer numbers; None for every layer.
+    Whether the model has them is checked once it is loaded."""
+    if not specs:
+        return None
+    chosen: set[int] = set()
+    for part in (p.strip() for spec in specs for p in spec.split(",")):
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise typer.BadParameter(
+                f"expected layers as numbers and ranges like 0-3,7 but got {part!r}"
+            ) from None
+        if first < 0 or last < first:
+            raise typer.BadParameter(
+                f"expected a layer range from low to high, both >= 0 (like 0-3) but got {part!r}"
+            )
+        chosen.update(range(first, last + 1))
+    return tuple(sorted(chosen))
+
+
+def _check_layers(info: Any, layers: tuple[int, ...] | None) -> None:
+    """Refuse layers the model does not have before any stage starts."""
+    from circuitgraph.nodes import checked_layers
+
+    checked_layers(info, layers)
+
+
 def _setup(model: str, task: str | None, data: Path | None, n_pairs: int, seed: int,
            device: str | None, dtype: str | None,
            bos: bool | None = None) -> tuple[Any, Any, Any, str]:  # fmt: skip
@@ -126,6 +178,7 @@ def discover(
     node_method: Annotated[str, typer.Option(help="Node screening method.")] = "atp*",
     edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
     kinds: Kinds = "head,q,k,v,mlp",
+    layers: Layers = None,
     per_position: PerPosition = False,
     keep_nodes: Annotated[
         int, typer.Option(min=1, help="Top nodes kept for edge attribution.")
@@ -163,20 +216,23 @@ def discover(
         if edge_top_n is None and edge_threshold is None and greedy is None:
             edge_top_n = 20
         config = DiscoverConfig(
-            metric=metric, node_method=node_method, kinds=_kinds(kinds), per_position=per_position,
+            metric=metric, node_method=node_method, kinds=_kinds(kinds), layers=_layers(layers),
+            per_position=per_position,
             verify_k=verify_k, diagnose_subsets=diagnose_subsets, keep_nodes=keep_nodes,
             edge_method=edge_method, edge_top_n=edge_top_n, edge_threshold=edge_threshold,
             edge_greedy=greedy, edge_fractions=common.edge_fractions(fractions),
             batch_size=batch_size, seed=seed,
         )  # fmt: skip
         folder = out_dir(out)
-        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        mdl, info, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        _check_layers(info, config.layers)
         used_bos = resolve_bos(mdl.tokenizer, bos)
         attrs = {**_where(model, source, data), "bos": used_bos}
         with show.stages() as stages:
             found = discover_circuit(mdl, pairs, config, stages, attrs=attrs)
         settings = {**asdict(config), "bos": used_bos}
-        written = _write_discovery(folder, found, model, source, settings, show)
+        run = run_facts(mdl, model, pairs, used_bos)
+        written = _write_discovery(folder, found, model, source, settings, show, run)
         g = found.circuit.graph
         mib = g.get("mib")
         summary = {
@@ -204,7 +260,13 @@ def _where(model: str, source: str, data: Path | None) -> dict[str, str | None]:
 
 
 def _write_discovery(
-    folder: Path, found: Any, model: str, source: str, config: dict[str, Any], show: Output
+    folder: Path,
+    found: Any,
+    model: str,
+    source: str,
+    config: dict[str, Any],
+    show: Output,
+    run: dict[str, Any] | None = None,
 ) -> list[str]:
     from circuitgraph import export
     from circuitgraph.graph import circuit_edges
@@ -232,7 +294,7 @@ def _write_discovery(
         "edges.csv": common.edge_csv(found.edge_scores, in_circuit),
         "edges.json": dumps(found.edge_scores.to_json()),
         "report.md": report_md(found, picture="faithfulness.png"),
-        "manifest.json": dumps(manifest(model, source, config)),
+        "manifest.json": dumps(manifest(model, source, config, run)),
     }  # fmt: skip
     for name, text in files.items():
         write(folder / name, text)
@@ -263,6 +325,7 @@ def nodes(
         ),
     ] = "atp*",
     kinds: Kinds = "head,q,k,v,mlp",
+    layers: Layers = None,
     per_position: PerPosition = False,
     n_pairs: NPairs = 64,
     batch_size: BatchSize = 32,
@@ -275,34 +338,47 @@ def nodes(
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Score every node with one method; write nodes.json and nodes.csv."""
+    """Score every node with one method; write nodes.json, nodes.csv and manifest.json."""
+    from dataclasses import replace
+
     from circuitgraph.attribution import attribute_nodes
+    from circuitgraph.tasks.pairs import resolve_bos
 
     show = Output(quiet, json)
     with user_errors():
         common.check_names(metric, node_method=method)
         folder = out_dir(out)
-        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        mdl, info, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        _check_layers(info, _layers(layers))
         with show.stages() as stages:
             scores = attribute_nodes(
                 mdl, pairs, metric, method, _kinds(kinds), per_position, batch_size,
-                progress=stages(f"{method} nodes", len(pairs)), **_seeded(method, seed),
+                progress=stages(f"{method} nodes", len(pairs)), layers=_layers(layers),
+                **_seeded(method, seed),
             )  # fmt: skip
+        run = run_facts(mdl, model, pairs, resolve_bos(mdl.tokenizer, bos))
+        settings = {"method": method, "metric": metric, "kinds": list(_kinds(kinds)),
+                    "layers": _layers(layers), "per_position": per_position, "seed": seed,
+                    "batch_size": batch_size}  # fmt: skip
+        # what `edges --nodes` checks before reusing this screening
+        screened = {**_where(model, source, data), "bos": run["bos"],
+                    "model_sha256": run["model_files"]["sha256"], "n_pairs": len(pairs),
+                    "seed": seed, "kinds": settings["kinds"], "layers": settings["layers"]}  # fmt: skip
+        scores = replace(scores, meta={**scores.meta, "screened_on": screened})
         write(folder / "nodes.json", dumps(scores.to_json()))
         write(folder / "nodes.csv", common.node_csv(scores))
+        write(folder / "manifest.json", dumps(manifest(model, source, settings, run, "nodes")))
         ranked = [(n.id, *scores[n]) for n in scores.top_k(top)]
-        text = "\n".join(
-            f"{i:>3}  {nid:<16} {s:>+12.5g}" for i, (nid, s, _) in enumerate(ranked, 1)
-        )
         show.result(
             {
                 "out": str(folder),
                 "method": method,
+                "ranked_by": common.ranked_by(scores),
                 "top": [{"node": r[0], "signed": r[1], "score": r[2]} for r in ranked],
             },
             f"{method} over {plural(len(scores), 'node')} ({plural(len(pairs), 'pair')}); "
-            f"top {len(ranked)} by "
-            f"{scores.meta.get('ranked_by', '|signed|')}:\n{text}\n-> {folder}/nodes.json, nodes.csv",
+            f"{common.ranking_table('node', scores, top, 16)}"
+            f"\n-> {folder}/nodes.json, nodes.csv, manifest.json",
         )
 
 
@@ -318,9 +394,28 @@ def edges(
     metric: MetricOpt = "logit_diff",
     method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
     keep_nodes: Annotated[
-        int | None, typer.Option(min=1, help="Screen nodes first and keep the top n.")
+        int | None,
+        typer.Option(
+            min=1, help="Screen nodes first and keep the top n (with --nodes: its top n)."
+        ),
     ] = None,
     node_method: Annotated[str, typer.Option(help="Screening method for --keep-nodes.")] = "atp*",
+    nodes_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--nodes",
+            help="Reuse a screening: nodes.json from `circuitgraph nodes` (its top --keep-nodes, "
+            "else all its nodes) instead of screening again.",
+        ),
+    ] = None,
+    kinds: Annotated[
+        str | None,
+        typer.Option(
+            help="Node kinds kept when screening, comma-separated: head,q,k,v,mlp,neuron "
+            "(default head,q,k,v,mlp; with --nodes: all of the file's)."
+        ),
+    ] = None,
+    layers: Layers = None,
     n_pairs: NPairs = 64,
     batch_size: BatchSize = 32,
     device: Device = None,
@@ -332,42 +427,140 @@ def edges(
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Score edges (all, or among the top screened nodes); write edges.json and edges.csv."""
+    """Score edges (all, or among the top screened nodes); write edges.json, edges.csv and
+    manifest.json."""
     from circuitgraph.attribution import attribute_edges, attribute_nodes, edge_candidates
+    from circuitgraph.export.files import load_json
+    from circuitgraph.scores import NodeScores
+    from circuitgraph.tasks.pairs import resolve_bos
 
     show = Output(quiet, json)
     with user_errors():
         common.check_names(metric, node_method, method)
+        if (kinds or layers) and keep_nodes is None and nodes_file is None:
+            raise ConfigError(
+                "expected --kinds or --layers together with --keep-nodes or --nodes (they choose "
+                "the screened nodes) but got neither; add --keep-nodes N"
+            )
+        reused = (
+            NodeScores.from_json(load_json(nodes_file, "node scores"), str(nodes_file))
+            if nodes_file is not None
+            else None
+        )
+        if reused is not None:  # before minutes of model loading
+            where = _where(model, task or common.DEFAULT_TASK, data)
+            _same_task(reused, str(nodes_file), where, metric)
         folder = out_dir(out)
-        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        mdl, info, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        _check_layers(info, _layers(layers))
+        run = run_facts(mdl, model, pairs, resolve_bos(mdl.tokenizer, bos))
         with show.stages() as stages:
             node_scores = None
-            if keep_nodes is not None:
+            if reused is not None:
+                where = {
+                    **_where(model, source, data),
+                    "model_sha256": run["model_files"]["sha256"],
+                }
+                node_scores = _reuse_screening(reused, str(nodes_file), info, where, show)
+                node_scores = _restrict(node_scores, kinds, _layers(layers))
+            elif keep_nodes is not None:
                 node_scores = attribute_nodes(
-                    mdl, pairs, metric, node_method, batch_size=batch_size,
-                    progress=stages("screen nodes", len(pairs)),
+                    mdl, pairs, metric, node_method, _kinds(kinds or "head,q,k,v,mlp"),
+                    batch_size=batch_size, progress=stages("screen nodes", len(pairs)),
+                    layers=_layers(layers),
                 )  # fmt: skip
             cands = edge_candidates(info, node_scores, keep=keep_nodes)
             scores = attribute_edges(
                 mdl, pairs, metric, method, cands, batch_size,
                 progress=stages(f"{method} edges", len(pairs)),
             )  # fmt: skip
+        settings = {"method": method, "metric": metric, "keep_nodes": keep_nodes,
+                    "node_method": None if reused is not None or keep_nodes is None else node_method,
+                    "nodes": None if nodes_file is None else str(nodes_file), "kinds": kinds,
+                    "layers": _layers(layers), "seed": seed, "batch_size": batch_size}  # fmt: skip
         write(folder / "edges.json", dumps(scores.to_json()))
         write(folder / "edges.csv", common.edge_csv(scores))
+        write(folder / "manifest.json", dumps(manifest(model, source, settings, run, "edges")))
         ranked = [(e.id, *scores[e]) for e in scores.top_k(top)]
-        text = "\n".join(
-            f"{i:>3}  {eid:<28} {s:>+12.5g}" for i, (eid, s, _) in enumerate(ranked, 1)
-        )
         show.result(
             {
                 "out": str(folder),
                 "method": method,
                 "n_edges": len(scores),
-                "top": [{"edge": r[0], "signed": r[1]} for r in ranked],
+                "ranked_by": common.ranked_by(scores),
+                "top": [{"edge": r[0], "signed": r[1], "score": r[2]} for r in ranked],
             },
-            f"{method} over {plural(len(scores), 'edge')} ({plural(len(pairs), 'pair')}):\n{text}"
-            f"\n-> {folder}/edges.json, edges.csv",
+            f"{method} over {plural(len(scores), 'edge')} ({plural(len(pairs), 'pair')}); "
+            f"{common.ranking_table('edge', scores, top, 28)}"
+            f"\n-> {folder}/edges.json, edges.csv, manifest.json",
         )
+
+
+def _same_task(scores: Any, path: str, where: dict[str, Any], metric: str) -> None:
+    """Refuse a screening (``nodes.json``) made with another metric, task or data, in one
+    sentence and before the model is loaded."""
+    from circuitgraph.tasks.metrics import get_metric
+
+    on = scores.meta.get("screened_on")
+    for key in ("task", "data"):
+        if isinstance(on, dict) and on.get(key) != where[key]:
+            raise ConfigError(
+                f"expected a screening of the {key} {where[key]!r} but {path} was made on "
+                f"{on.get(key)!r}; pass the same --task/--data or screen again"
+            )
+    if scores.metric != get_metric(metric).name:
+        raise ConfigError(
+            f"expected a screening made with the metric {get_metric(metric).name!r} but {path} "
+            f"was made with {scores.metric!r}; pass --metric {scores.metric} or screen again"
+        )
+
+
+def _reuse_screening(scores: Any, path: str, info: Any, where: dict[str, Any], show: Output) -> Any:
+    """A screening read from ``nodes.json``, refused in one sentence when it was made on
+    another model (other files) or holds nodes this model does not have."""
+    from circuitgraph.nodes import enumerate_nodes
+
+    on = scores.meta.get("screened_on")
+    if isinstance(on, dict):
+        mine, theirs = where["model_sha256"], on.get("model_sha256")
+        if (mine != theirs) if (mine and theirs) else (on.get("model") != where["model"]):
+            raise ConfigError(
+                f"expected a screening of this model ({where['model']}, files sha256 "
+                f"{str(mine)[:12]}) but {path} was made on {on.get('model')!r} (sha256 "
+                f"{str(theirs)[:12]}); screen this model again with `circuitgraph nodes`"
+            )
+    else:  # written by the library, or before screenings recorded what they were made on
+        text = f"{path} does not record its model and task; only its node names were checked"
+        show.say(f"note: {text}")
+        guard.note(text)
+    kinds = sorted({n.kind for n in scores.nodes}, key=str)
+    have = {n.id for n in enumerate_nodes(info, kinds)}
+    foreign = [n.id for n in scores.nodes if n.position is None and n.id not in have]
+    if foreign:
+        raise ConfigError(
+            f"expected nodes of this model ({info.n_layers} layers, {info.n_heads} heads) but "
+            f"{path} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}; it was "
+            "screened on another model, screen this one with `circuitgraph nodes`"
+        )
+    return scores
+
+
+def _restrict(scores: Any, kinds: str | None, layers: tuple[int, ...] | None) -> Any:
+    """Only the screened nodes of the given kinds and layers (all when not given)."""
+    if kinds is None and layers is None:
+        return scores
+    keep_kinds = set(_kinds(kinds)) if kinds else None
+    chosen = [
+        n
+        for n in scores.nodes
+        if (keep_kinds is None or n.kind in keep_kinds) and (layers is None or n.layer in layers)
+    ]
+    if not chosen:
+        raise ConfigError(
+            f"expected some screened nodes of kinds {kinds or 'any'} in layers "
+            f"{list(layers) if layers else 'any'} but the file has none; widen --kinds/--layers"
+        )
+    return scores.subset(chosen)
 
 
 @app.command()

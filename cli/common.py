@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from circuitgraph.errors import ConfigError, ExportError
+from circuitgraph.text import plural
 
 from . import guard
 
@@ -52,9 +54,19 @@ class Output:
 
     @contextmanager
     def stages(self) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-        """A progress bar per stage on stderr (none with --quiet/--json or off a terminal)."""
-        if self.quiet or self.as_json or not sys.stderr.isatty() or not lead():
+        """Progress per stage on stderr: a bar on a terminal, else plain lines (a log under
+        ``nohup`` shows the run is alive); nothing with --quiet/--json."""
+        if self.quiet or self.as_json or not lead():
             yield lambda name, total: lambda done: None
+            return
+        if not sys.stderr.isatty():
+            lines = PlainProgress(lambda text: typer.echo(text, err=True))
+            try:
+                yield lines.stage
+            except BaseException:
+                lines.open = False  # the error line says why it stopped, not "done"
+                raise
+            lines.close()
             return
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -69,6 +81,93 @@ class Output:
                 return lambda done: bar.advance(task, done)
 
             yield stage
+
+
+#: seconds between two progress lines off a terminal (``CIRCUITGRAPH_PROGRESS_EVERY``)
+PROGRESS_EVERY = 10.0
+
+
+class PlainProgress:
+    """Progress as plain lines, for a log: one when a stage starts, then at most one every
+    ``every`` seconds, and one when it ends (its last unit done, the next stage starting,
+    or the command ending).
+
+    Example:
+        >>> ticks = iter([0.0, 0.0, 12.0, 30.0])
+        >>> p = PlainProgress(print, every=10.0, clock=lambda: next(ticks))
+        >>> step = p.stage("screen nodes", 30)
+        screen nodes: started (30 units)
+        >>> step(12)
+        screen nodes: 40% (12/30), 12 s elapsed, ~18 s left
+        >>> step(18)
+        screen nodes: done (30/30) in 30 s
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        every: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.emit = emit
+        self.every = _progress_every() if every is None else every
+        self.clock = clock or time.monotonic
+        self.name, self.total, self.done, self.start, self.last = "", 0, 0, 0.0, 0.0
+        self.open = False
+
+    def stage(self, name: str, total: int) -> Callable[[int], None]:
+        self.close()
+        self.name, self.total, self.done, self.open = name, max(total, 0), 0, True
+        self.start = self.last = self.clock()
+        units = f" ({plural(self.total, 'unit')})" if self.total else ""
+        self.emit(f"{name}: started{units}")
+        mine = (name, self.start)
+
+        def advance(done: int) -> None:
+            if (self.name, self.start) == mine and self.open:  # a finished stage stays quiet
+                self.update(done)
+
+        return advance
+
+    def update(self, done: int) -> None:
+        self.done += done
+        if self.total and self.done >= self.total:
+            self.close()
+            return
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            self.emit(f"{self.name}: {self._where(now - self.start)}")
+
+    def _where(self, elapsed: float) -> str:
+        if not self.total:  # units of unknown number (e.g. screening with any method)
+            return f"{self.done} done, {elapsed:.0f} s elapsed"
+        share = self.done / self.total
+        left = elapsed * (1 - share) / share if share > 0 else math.nan
+        eta = f", ~{left:.0f} s left" if math.isfinite(left) else ""
+        return f"{share:.0%} ({self.done}/{self.total}), {elapsed:.0f} s elapsed{eta}"
+
+    def close(self) -> None:
+        """The closing line of the current stage (once)."""
+        if not self.open:
+            return
+        self.open = False
+        count = f" ({self.done}/{self.total})" if self.total else f" ({self.done} done)"
+        self.emit(f"{self.name}: done{count} in {self.clock() - self.start:.0f} s")
+
+
+def _progress_every() -> float:
+    """``CIRCUITGRAPH_PROGRESS_EVERY`` seconds (10 by default; 0 prints every update)."""
+    text = os.environ.get("CIRCUITGRAPH_PROGRESS_EVERY", "")
+    try:
+        value = float(text) if text.strip() else PROGRESS_EVERY
+    except ValueError:
+        raise ConfigError(
+            f"expected CIRCUITGRAPH_PROGRESS_EVERY to be a number of seconds but got {text!r}"
+        ) from None
+    return value if math.isfinite(value) and value >= 0 else PROGRESS_EVERY
 
 
 def with_ledger(summary: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +342,29 @@ def edge_csv(scores: EdgeScores, in_circuit: set[str] | None = None) -> str:
         inside = "" if in_circuit is None else str(e.id in in_circuit).lower()
         w.writerow([rank, e.id, e.src.id, e.dst.id, f"{signed:.9g}", f"{score:.9g}", inside])
     return buf.getvalue()
+
+
+def ranked_by(scores: NodeScores | EdgeScores) -> str:
+    """What a result is ordered by: the method's own ``meta["ranked_by"]`` (GradDrop for
+    AtP*), else ``|signed|`` (exact patching ranks by the size of the effect)."""
+    label = scores.meta.get("ranked_by")
+    if label:
+        return str(label)
+    same = bool((scores.score.double() - scores.signed.double().abs()).abs().max() == 0)
+    return "|signed|" if same or scores.score.numel() == 0 else "score"
+
+
+def ranking_table(what: str, scores: NodeScores | EdgeScores, top: int, width: int) -> str:
+    """The printed top of a ranking, saying what it is ordered by: rank, id, the signed
+    estimate and the score ranked by (highest first, the order of ``nodes.csv``)."""
+    rows = [(x.id, *scores[x]) for x in scores.top_k(top)]  # type: ignore[index]
+    head = (
+        f"top {len(rows)} by score = {ranked_by(scores)}, highest first "
+        f"(signed: the effect's estimate with its sign):\n"
+        f"{'#':>3}  {what:<{width}} {'signed':>12} {'score':>12}"
+    )
+    body = [f"{i:>3}  {x:<{width}} {s:>+12.5g} {a:>12.5g}" for i, (x, s, a) in enumerate(rows, 1)]
+    return "\n".join([head, *body])
 
 
 def _blank(x: int | None) -> str | int:

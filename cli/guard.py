@@ -67,6 +67,7 @@ class Ledger:
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     debug: bool = False
+    argv: list[str] = field(default_factory=list)  # the command line, for the manifest
 
 
 _ledger = Ledger()
@@ -111,7 +112,7 @@ class GuardedGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         global _ledger
-        _ledger = Ledger()
+        _ledger = Ledger(argv=["circuitgraph", *(sys.argv[1:] if args is None else args)])
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ClickException as exc:

@@ -80,6 +80,7 @@ def attribute_nodes(
     mode: str = "noising",
     progress: Progress | None = None,
     nodes: Sequence[Node] | None = None,
+    layers: Sequence[int] | None = None,
     **options: Any,
 ) -> NodeScores:
     """Score every node of the given kinds (or the given ``nodes``) with one method.
@@ -87,6 +88,8 @@ def attribute_nodes(
     Args:
         method: a node method name (:func:`method_names`; ``atp*`` by default).
         kinds: node kinds to enumerate (ignored when ``nodes`` is given).
+        layers: enumerate nodes in these layers only (all by default; ignored when
+            ``nodes`` is given).
         per_position: one node per token position.
         mode: ``noising`` (patch noise into the clean run) or ``denoising``.
         progress: called with the work just done: pairs for the gradient methods, patched
@@ -106,7 +109,7 @@ def attribute_nodes(
     pairs, resolved, opts = resolve(model, pairs, metric, batch_size, mode, progress)
     if nodes is None:
         seq_len = pairs.seq_len if per_position else None
-        nodes = node_array(model_info(model), kinds, per_position, seq_len)
+        nodes = node_array(model_info(model), kinds, per_position, seq_len, layers)
     scores: NodeScores = estimator(model, pairs, fixed(nodes), resolved, opts, **options)
     check_finite(scores.score, f"the {method} node scores")
     return scores

@@ -89,7 +89,12 @@ class Diagnosis:
         )
 
     def table(self, k: int = 10) -> str:
-        lines = [self.summary(), f"{'node':<16}{'estimate':>12}{'stderr':>12}{'upper':>12}"]
+        shown = min(k, len(self.nodes))
+        lines = [
+            self.summary(),
+            f"top {shown} of {len(self.nodes)} unverified nodes by the upper bound, largest first:",
+            f"{'node':<16}{'estimate':>12}{'stderr':>12}{'upper':>12}",
+        ]
         for r in self.rows()[:k]:
             lines.append(
                 f"{r['node']:<16}{r['estimate']:>12.4g}{r['stderr']:>12.4g}{r['upper']:>12.4g}"

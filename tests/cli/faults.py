@@ -367,7 +367,7 @@ FAULTS: tuple[Fault, ...] = (
     F("broken-pipe", "stdout closed by the reader (`... --json | head -1`)",
       "the output pipe was closed before the command finished (broken pipe)",
       lambda c: ["nodes", *QUICK, "--json", "--out", str(c.out)], inject="broken-pipe",
-      kept=("nodes.json", "nodes.csv")),
+      kept=("nodes.json", "nodes.csv", "manifest.json")),
     # ---- signals (a subprocess; the run pauses at the point named, then gets the signal) --
     *(
         F(f"sig{sig.lower()}-{at}", f"{'Ctrl-C (SIGINT)' if sig == 'INT' else 'SIGTERM'} "

@@ -113,8 +113,14 @@ def test_same_seed_gives_identical_json(gpt2_dir, data, discovered, tmp_path):
         app, ["discover", "--model", gpt2_dir, "--data", str(data), "--out", str(tmp_path), *SMALL]
     )
     assert result.exit_code == 0, _text(result)
-    for name in ("circuit.json", "manifest.json", "nodes.csv", "edges.csv"):
+    for name in ("circuit.json", "nodes.csv", "edges.csv"):
         assert (tmp_path / name).read_bytes() == (discovered / name).read_bytes(), name
+    # the manifest records the command line, which differs by --out alone
+    again, first = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path, discovered))
+    out = again["command_line"].index("--out") + 1
+    assert again["command_line"][out] == str(tmp_path)
+    again["command_line"][out] = first["command_line"][out]
+    assert again == first
 
 
 def test_discover_json_summary(gpt2_dir, data, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,8 @@ runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("fault_driver.py")
 HAS_DOT = shutil.which("dot") is not None
+#: a progress line of cli.common.PlainProgress ("screen nodes: 40% (12/30), ...")
+PROGRESS = re.compile(r"^[^:]+: (started|done \(|\d+% \(|\d+ done, )")
 
 
 def _skip_unless_meaningful(fault: Fault) -> None:
@@ -44,7 +47,8 @@ def check(fault: Fault, case: Case, code: int, stdout: str, stderr: str, empty: 
     """Everything a failure must and must not leave."""
     assert code == fault.code, f"exit {code}\nstdout: {stdout}\nstderr: {stderr}"
     assert "Traceback" not in stdout + stderr
-    lines = [x for x in stderr.splitlines() if x.strip()]
+    # off a terminal the stages print progress lines before the failure; the error is one line
+    lines = [x for x in stderr.splitlines() if x.strip() and not PROGRESS.match(x)]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: "), lines[0]
     at = 0
