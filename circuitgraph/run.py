@@ -352,13 +352,19 @@ def clean_reference(
 
 
 def base_run(
-    model: Any, batch: PromptPairs, metric: Metric, mode: str, starts: Iterable[int] = ()
+    model: Any,
+    batch: PromptPairs,
+    metric: Metric,
+    mode: str,
+    starts: Iterable[int] = (),
+    fwd: Sequence[tuple[str, HookFn]] = (),
 ) -> RunContext:
     """The unpatched run that effects are measured against (clean for noising).
 
     KL is always measured from the clean distribution; in noising that is the base run.
     ``starts``: the layers patched runs will start from; under prefix reuse the residual
-    stream entering each is kept (one ``[batch, pos, d_model]`` tensor per layer).
+    stream entering each is kept (one ``[batch, pos, d_model]`` tensor per layer). ``fwd``:
+    hooks attached to the base run (to read activations on the way).
 
     Example:
         >>> ctx = base_run(model, batch, get_metric("logit_diff"), "noising", [3])  # doctest: +SKIP
@@ -368,7 +374,7 @@ def base_run(
     keep_outputs = {s - 1 for s in starts if 0 < s <= n} if prefix_reuse(model) else set()
     with torch.no_grad():
         with _recording(model, keep_outputs) as outputs:
-            base_logits = _answer_forward(model, base, batch)
+            base_logits = _answer_forward(model, base, batch, fwd)
         reference = clean_reference(
             model, batch, metric, base_logits if mode == "noising" else None
         )

@@ -168,3 +168,27 @@ def test_skipped_blocks_are_restored_after_an_error(tiny_gpt2) -> None:
     assert "forward" not in model.unembed.__dict__
     values, _ = run_metric(model, pairs.clean, pairs, metric)
     assert torch.allclose(values, ctx.base_metric, atol=1e-6)
+
+
+def test_circuit_runs_equal_the_full_forwards(zoo_model) -> None:
+    """Circuits holding every edge into the lower layers start high (the logits only, for
+    one): their runs replay from there, with the sources below read from the clean run."""
+    from circuitgraph.patching import evaluate_circuits
+
+    model, info = zoo_model
+    edges = EdgeSet.full(info).edges()
+    last = info.n_layers - 1
+    circuits = [
+        [e for e in edges if e.dst.kind != "logits" and e.dst.layer < last],  # starts at last
+        [e for e in edges if e.dst.kind != "logits"],  # the logits' inputs only
+        [e for e in edges if e.dst.kind != "logits" and e.dst.layer < last][::3],  # from 0
+        [e for e in edges if e.src.kind == "input" or e.dst.kind == "logits"],
+    ]
+    pairs = _zoo_pairs(info, 4)
+    got = evaluate_circuits(model, pairs, circuits, batch_size=2)
+    with full_forward():
+        want = evaluate_circuits(model, pairs, circuits, batch_size=2)
+    g = torch.tensor([ev.metric_circuit for ev in got])
+    w = torch.tensor([ev.metric_circuit for ev in want])
+    gap = abs(want[0].metric_clean - want[0].metric_corrupt)
+    assert float((g - w).abs().max()) <= TOL * max(gap, float(w.abs().max()))
