@@ -370,7 +370,7 @@ def base_run(
         >>> ctx = base_run(model, batch, get_metric("logit_diff"), "noising", [3])  # doctest: +SKIP
     """
     base = batch.clean if mode == "noising" else batch.corrupt
-    n = len(model.blocks)
+    n = len(getattr(model, "blocks", ()))
     keep_outputs = {s - 1 for s in starts if 0 < s <= n} if prefix_reuse(model) else set()
     with torch.no_grad():
         with _recording(model, keep_outputs) as outputs:
@@ -455,7 +455,7 @@ def _replay_is_exact(model: Any) -> bool:
     blocks = getattr(model, "blocks", None)
     if blocks is None or len(blocks) == 0 or getattr(model, "unembed", None) is None:
         return False
-    d_vocab = max(int(getattr(model.cfg, "d_vocab", 2)), 2)
+    d_vocab = max(int(getattr(getattr(model, "cfg", None), "d_vocab", 2) or 2), 2)
     device = model_device(model)
     tokens = (torch.arange(10, device=device) * 7 + 1).remainder(d_vocab).view(2, 5)
     pos = torch.tensor([4, 2], device=device)
