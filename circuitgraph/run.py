@@ -14,9 +14,12 @@ the result of a single process over all pairs.
 
 from __future__ import annotations
 
+import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +42,7 @@ __all__ = [
     "MetricGap",
     "Mode",
     "Plan",
+    "Prefix",
     "Progress",
     "RunContext",
     "RunOptions",
@@ -48,10 +52,12 @@ __all__ = [
     "check_choice",
     "clean_reference",
     "clean_run",
+    "full_forward",
     "gap_sums",
     "keep",
     "metric_gap",
     "model_device",
+    "prefix_reuse",
     "resolve",
     "rows_per_pass",
     "run_metric",
@@ -271,13 +277,15 @@ def capture(model: Any, tokens: Tensor, names: Iterable[str]) -> dict[str, Tenso
 
 @dataclass(frozen=True)
 class RunContext:
-    """One batch's base run: its metric values and the clean reference distribution."""
+    """One batch's base run: its metric values, the clean reference distribution, and the
+    block outputs that patched runs starting above layer 0 reuse (None: run in full)."""
 
     batch: PromptPairs
     metric: Metric
     base_tokens: Tensor
     base_metric: Float[Tensor, " b"]
     reference: Float[Tensor, "b v"] | None
+    prefix: Prefix | None = None
 
 
 def run_metric(
@@ -287,16 +295,42 @@ def run_metric(
     metric: Metric,
     reference: Tensor | None = None,
     fwd: Sequence[tuple[str, HookFn]] = (),
+    prefix: Prefix | None = None,
+    start: int = 0,
 ) -> tuple[Float[Tensor, " r"], Float[Tensor, "r v"]]:
-    """Forward ``tokens`` (possibly k copies of the batch) with hooks; metric per row.
+    """Forward ``tokens`` (possibly k copies of the batch, copy-major) with hooks; metric
+    per row.
+
+    Under prefix reuse (:func:`prefix_reuse`) the logits are computed at the answer
+    positions only and, given the base run's ``prefix``, blocks below ``start`` are not
+    run: they hand on the base run's residual stream. Every hook in ``fwd`` must then lie
+    in layer ``start`` or above (the caller starts at its lowest patched layer).
 
     Returns the metric values and the answer-position logits.
     """
-    with attached(model, fwd=fwd):
-        logits = model(tokens)
-    at_answer = answer_logits(logits, batch)
+    at_answer = _answer_forward(model, tokens, batch, fwd, prefix, start)
     values = check_finite(widen(metric(at_answer, batch, reference)))
     return values, at_answer
+
+
+def _answer_forward(
+    model: Any,
+    tokens: Tensor,
+    batch: PromptPairs,
+    fwd: Sequence[tuple[str, HookFn]] = (),
+    prefix: Prefix | None = None,
+    start: int = 0,
+) -> Float[Tensor, "r v"]:
+    """The answer-position logits of one forward (see :func:`run_metric`)."""
+    reuse = prefix_reuse(model)  # read before hooks are attached: it may probe the model
+    copies = tokens.shape[0] // len(batch)
+    with attached(model, fwd=fwd), ExitStack() as stack:
+        if reuse:
+            stack.enter_context(_answers_only(model, batch.answer_pos.repeat(copies)))
+            if prefix is not None:
+                stack.enter_context(_skipping(model, prefix, start, copies))
+        logits = model(tokens)
+    return logits[:, 0] if reuse else answer_logits(logits, batch)
 
 
 def clean_reference(
@@ -317,19 +351,223 @@ def clean_reference(
     return widen(clean_logits.detach()).log_softmax(-1)
 
 
-def base_run(model: Any, batch: PromptPairs, metric: Metric, mode: str) -> RunContext:
+def base_run(
+    model: Any,
+    batch: PromptPairs,
+    metric: Metric,
+    mode: str,
+    starts: Iterable[int] = (),
+    fwd: Sequence[tuple[str, HookFn]] = (),
+) -> RunContext:
     """The unpatched run that effects are measured against (clean for noising).
 
     KL is always measured from the clean distribution; in noising that is the base run.
+    ``starts``: the layers patched runs will start from; under prefix reuse the residual
+    stream entering each is kept (one ``[batch, pos, d_model]`` tensor per layer). ``fwd``:
+    hooks attached to the base run (to read activations on the way).
+
+    Example:
+        >>> ctx = base_run(model, batch, get_metric("logit_diff"), "noising", [3])  # doctest: +SKIP
     """
     base = batch.clean if mode == "noising" else batch.corrupt
-    with torch.no_grad(), attached(model):
-        base_logits = answer_logits(model(base), batch)
+    n = len(getattr(model, "blocks", ()))
+    keep_outputs = {s - 1 for s in starts if 0 < s <= n} if prefix_reuse(model) else set()
+    with torch.no_grad():
+        with _recording(model, keep_outputs) as outputs:
+            base_logits = _answer_forward(model, base, batch, fwd)
         reference = clean_reference(
             model, batch, metric, base_logits if mode == "noising" else None
         )
         values = check_finite(widen(metric(base_logits, batch, reference)))
-    return RunContext(batch, metric, base, values, reference)
+    prefix = Prefix(outputs, len(batch)) if keep_outputs else None
+    return RunContext(batch, metric, base, values, reference, prefix)
+
+
+# --------------------------------------------------------------------------------------
+# Prefix reuse: a patched forward computes only from its lowest patched layer
+# --------------------------------------------------------------------------------------
+
+#: set to 1 (or anything but 0) to run every patched forward in full: every block, the
+#: logits at every position (the reference prefix reuse is tested and benchmarked against)
+FULL_FORWARD_ENV = "CIRCUITGRAPH_FULL_FORWARD"
+_FULL: ContextVar[bool | None] = ContextVar("circuitgraph_full_forward", default=None)
+#: model → whether a forward from a kept block output gives the full forward's logits
+_REPLAYS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """One batch's base run, kept for replay: the output of block l − 1 (as the block
+    returned it, detached) for each layer l a patched run starts from.
+
+    A patched run whose patches all lie in layer l or above sees the base run's residual
+    stream up to block l, so blocks 0..l−1 need not run: they hand on that output.
+    """
+
+    outputs: dict[int, Any]
+    rows: int
+
+
+@contextmanager
+def full_forward(on: bool = True) -> Iterator[None]:
+    """Within the block, patched forwards run every block and map every position to logits
+    (as without prefix reuse); ``on=False`` turns prefix reuse back on inside.
+
+    Example:
+        >>> with full_forward():
+        ...     prefix_reuse(model)  # doctest: +SKIP
+        False
+    """
+    token = _FULL.set(on)
+    try:
+        yield
+    finally:
+        _FULL.reset(token)
+
+
+def prefix_reuse(model: Any) -> bool:
+    """Whether patched forwards of ``model`` reuse the base run below their first patch and
+    compute logits at the answer positions only.
+
+    On unless :func:`full_forward` or :data:`FULL_FORWARD_ENV` asks for full forwards, and
+    only where one probe forward (read once per model) shows that a forward resumed from a
+    kept block output gives the full forward's logits: a model whose blocks pass anything
+    to later blocks but the residual stream (or that calls its blocks other than one after
+    the other) runs every patched forward in full.
+
+    Example:
+        >>> prefix_reuse(model)  # doctest: +SKIP
+        True
+    """
+    full = _FULL.get()
+    if full is None:
+        full = os.environ.get(FULL_FORWARD_ENV, "0") not in ("", "0")
+    if full:
+        return False
+    if model not in _REPLAYS:
+        _REPLAYS[model] = _replay_is_exact(model)
+    return _REPLAYS[model]
+
+
+def _replay_is_exact(model: Any) -> bool:
+    """One probe: two copies of a 2-row batch resumed at block 1 from block 0's kept output,
+    logits at the answer positions only, against the full forward."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) == 0 or getattr(model, "unembed", None) is None:
+        return False
+    d_vocab = max(int(getattr(getattr(model, "cfg", None), "d_vocab", 2) or 2), 2)
+    device = model_device(model)
+    tokens = (torch.arange(10, device=device) * 7 + 1).remainder(d_vocab).view(2, 5)
+    pos = torch.tensor([4, 2], device=device)
+    rows = torch.arange(2, device=device)
+    try:
+        with torch.no_grad():
+            with _recording(model, {0}) as outputs:
+                full = model(tokens)[rows, pos]
+            prefix = Prefix(outputs, 2)
+            with _answers_only(model, pos.repeat(2)), _skipping(model, prefix, 1, 2):
+                tail = model(tokens.repeat(2, 1))
+    except Exception:  # any failure to replay means: run this model in full
+        return False
+    if tail.shape[:2] != (4, 1):
+        return False
+    want, got = widen(full.repeat(2, 1)), widen(tail[:, 0])
+    return bool((got - want).abs().max() <= 1e-4 * max(float(want.abs().max()), 1.0))
+
+
+@contextmanager
+def _recording(model: Any, layers: Iterable[int]) -> Iterator[dict[int, Any]]:
+    """Keep each listed block's output (detached) from the forwards run inside the block.
+
+    Module hooks on the blocks, removed on exit (on error too).
+    """
+    store: dict[int, Any] = {}
+    handles = []
+
+    def keeper(layer: int) -> Callable[..., None]:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            store[layer] = _detached(output)
+
+        return hook
+
+    try:
+        for layer in sorted(set(layers)):
+            handles.append(model.blocks[layer].register_forward_hook(keeper(layer)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _detached(output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(_detached(x) for x in output)
+    return output
+
+
+def _repeated(output: Any, rows: int, copies: int) -> Any:
+    """A kept block output for ``copies`` copies of the batch (copy-major), freshly made:
+    the run may change it in place without touching the kept one."""
+    if isinstance(output, Tensor):
+        if output.dim() > 0 and output.shape[0] == rows:
+            return output.repeat(copies, *([1] * (output.dim() - 1)))
+        return output.clone()
+    if isinstance(output, tuple):
+        return tuple(_repeated(x, rows, copies) for x in output)
+    return output
+
+
+@contextmanager
+def _swapped_forward(modules: Sequence[Any], forward: Callable[..., Any]) -> Iterator[None]:
+    """Each module's forward replaced by ``forward`` for the duration (restored on exit,
+    also where something else had replaced it before)."""
+    # object.__setattr__: a bridge component forwards attribute writes to the module it wraps
+    saved = [m.__dict__.get("forward") for m in modules]
+    try:
+        for m in modules:
+            object.__setattr__(m, "forward", forward)
+        yield
+    finally:
+        for m, before in zip(modules, saved, strict=True):
+            if before is None:
+                m.__dict__.pop("forward", None)
+            else:
+                object.__setattr__(m, "forward", before)
+
+
+@contextmanager
+def _skipping(model: Any, prefix: Prefix, start: int, copies: int) -> Iterator[None]:
+    """Blocks below ``start`` do not compute: each returns the base run's output of block
+    start − 1 for ``copies`` copies of the batch, so block ``start`` reads the base run's
+    residual stream."""
+    start = min(start, len(model.blocks))
+    if start <= 0:
+        yield
+        return
+    entry = _repeated(prefix.outputs[start - 1], prefix.rows, copies)
+
+    def handed_on(*args: Any, **kwargs: Any) -> Any:
+        return entry
+
+    with _swapped_forward(list(model.blocks)[:start], handed_on):
+        yield
+
+
+@contextmanager
+def _answers_only(model: Any, pos: Tensor) -> Iterator[None]:
+    """The unembedding maps each row's answer position only: logits ``[rows, 1, vocab]``
+    (the unembedding is a large share of a forward where the vocabulary is large)."""
+    unembed = model.unembed
+    own = unembed.forward
+
+    def at_answers(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        rows = torch.arange(x.shape[0], device=x.device)
+        return own(x[rows, pos.to(x.device)].unsqueeze(1), *args, **kwargs)
+
+    with _swapped_forward([unembed], at_answers):
+        yield
 
 
 #: faithfulness is refused when |L_clean − L_corrupt| is below this share of the metric's

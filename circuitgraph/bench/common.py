@@ -52,6 +52,12 @@ SHAPES: dict[str, dict[str, Any]] = {
         "arch": "llama", "n_layer": 16, "n_head": 32, "n_kv": 8, "n_embd": 2048, "d_mlp": 8192,
         "vocab": 32000,
     },
+    # SmolLM2-135M's shape (30 layers, tied embeddings, BPE-sized vocabulary), built in
+    # memory: the 30-layer model the prefix-reuse sweep is measured on
+    "smollm2-135m": {
+        "arch": "llama", "n_layer": 30, "n_head": 9, "n_kv": 3, "n_embd": 576, "d_mlp": 1536,
+        "vocab": 49152, "tied": True, "on_device": "float32",
+    },
     # A Llama-3-8B-like shape, ~7.2B parameters: built on the device in bf16, never saved.
     "llama-7b": {
         "arch": "llama", "n_layer": 32, "n_head": 32, "n_kv": 8, "n_embd": 4096, "d_mlp": 14336,
@@ -76,7 +82,8 @@ def _config(shape: str) -> Any:
     return LlamaConfig(
         vocab_size=s["vocab"], hidden_size=s["n_embd"], intermediate_size=s["d_mlp"],
         num_hidden_layers=s["n_layer"], num_attention_heads=s["n_head"],
-        num_key_value_heads=s["n_kv"], max_position_embeddings=256, tie_word_embeddings=False,
+        num_key_value_heads=s["n_kv"], max_position_embeddings=256,
+        tie_word_embeddings=s.get("tied", False),
         bos_token_id=2, eos_token_id=3, pad_token_id=0,
     )  # fmt: skip
 

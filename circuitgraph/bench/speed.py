@@ -7,6 +7,8 @@ Every figure is a ratio of two timings taken in the same run on the same batch (
 * ``atp*``: AtP* / (2 forward + (L+1) backward)                           target ≤ 1.3
 * ``eap``: edge AtP over all edges / (2 forward + 1 backward)             target ≤ 1.5
 * ``sweep``: exact sweep time per node / one bare forward                target ≤ 1.2
+  (each patched forward runs from the node's layer up, reusing the base run below it;
+  ``benchmarks.bench_prefix`` compares it with full forwards on a 30-layer model)
 * ``memory``: peak RSS of EAP over all edges / peak of a plain forward + backward with
   parameter gradients, each in a fresh process (Linux; VmHWM reset once the model and
   batch are loaded; on a GPU, torch's peak allocated memory there)         target ≤ 2
@@ -32,6 +34,7 @@ from circuitgraph.bench.common import bare_passes, hf_passes, interleaved_min, r
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import enumerate_nodes
 from circuitgraph.patching import patch_nodes
+from circuitgraph.run import full_forward
 from circuitgraph.tasks.metrics import answer_logits, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
 
@@ -105,29 +108,49 @@ def eap_timings(
 
 
 def sweep_timings(
-    model: Any, info: Any, pairs: PromptPairs, repeats: int, warm_up: bool = True
+    model: Any,
+    info: Any,
+    pairs: PromptPairs,
+    repeats: int,
+    warm_up: bool = True,
+    compare_full: bool = False,
+    kinds: tuple[str, ...] = ("head", "mlp"),
 ) -> dict[str, float]:
     """Seconds of one bare forward and of the exact sweep per node (whole sweep / nodes).
 
+    The sweep reuses the base run below each node's layer (:func:`~circuitgraph.run.prefix_reuse`);
+    ``compare_full`` also times it with every patched forward run in full
+    (``per_node_full``), in the same interleaved rounds.
+
     Example:
-        >>> t = sweep_timings(model, info, pairs, 2)  # doctest: +SKIP
+        >>> t = sweep_timings(model, info, pairs, 2, compare_full=True)  # doctest: +SKIP
+        >>> t["per_node"] / t["bare_fwd"], t["per_node_full"] / t["bare_fwd"]  # doctest: +SKIP
     """
-    nodes = enumerate_nodes(info, ["head", "mlp"])
+    nodes = enumerate_nodes(info, list(kinds))
 
     def bare() -> None:
         with torch.no_grad():
             model(pairs.clean)
 
-    fns = {
-        "bare_fwd": bare,
-        "sweep": lambda: patch_nodes(model, pairs, nodes, batch_size=len(pairs)),
-    }
+    def sweep() -> None:
+        patch_nodes(model, pairs, nodes, batch_size=len(pairs))
+
+    def sweep_full() -> None:
+        with full_forward():
+            sweep()
+
+    fns: dict[str, Callable[[], object]] = {"bare_fwd": bare, "sweep": sweep}
+    if compare_full:
+        fns["sweep_full"] = sweep_full
     t = _timed(fns, repeats, warm_up)
-    return {
+    out = {
         "nodes": float(len(nodes)),
         "bare_fwd": t["bare_fwd"],
         "per_node": t["sweep"] / len(nodes),
     }
+    if compare_full:
+        out["per_node_full"] = t["sweep_full"] / len(nodes)
+    return out
 
 
 def bridge_timings(

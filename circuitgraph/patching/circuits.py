@@ -20,7 +20,7 @@ from torch import Tensor
 from circuitgraph.arch import Arch
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Edge, Node, edge_sources, edge_targets
-from circuitgraph.patching.edges import check_edge
+from circuitgraph.patching.edges import check_edge, target_layer
 from circuitgraph.run import (
     MetricGap,
     Progress,
@@ -121,10 +121,16 @@ def evaluate_circuits(
     insides = [_circuit_mask(arch, sources, targets, set(edges)) for edges in circuits]
     weights = attn_weights(model)
     names = sorted({arch.source_hook(s) for s in sources})
+    starts = [_start_layer(arch, targets, feeds & ~inside) for inside in insides]
+    # sources below a circuit run's start do not fire in it: their clean values are read here
+    below = [n for n in names if _source_layer(arch, sources, n) < max(starts, default=0)]
     # the circuits..., then Σ L_clean, Σ L_corrupt, Σ max(|L_clean|, |L_corrupt|)
     sums = torch.zeros(len(insides) + 3, dtype=torch.float64)
     for batch in opts.batches(pairs):
-        ctx = base_run(model, batch, metric, "noising")
+        clean: dict[str, Tensor] = {}
+        ctx = base_run(
+            model, batch, metric, "noising", starts, [(n, keep(clean, n)) for n in below]
+        )
         corrupt: dict[str, Tensor] = {}  # the corrupt run's source activations, kept as it runs
         with torch.no_grad():
             corrupt_vals, _ = run_metric(
@@ -132,7 +138,9 @@ def evaluate_circuits(
                 [(n, keep(corrupt, n, detach=False)) for n in names],
             )  # fmt: skip
         for i, inside in enumerate(insides):
-            values = _circuit_run(model, ctx, sources, targets, feeds & ~inside, corrupt, weights)
+            values = _circuit_run(
+                model, ctx, sources, targets, feeds & ~inside, corrupt, weights, starts[i], clean
+            )
             sums[i] += values.double().sum().cpu()
             opts.advance(len(batch))
         sums[-3:] += gap_sums(ctx.base_metric, corrupt_vals)
@@ -182,6 +190,18 @@ def _circuit_mask(arch: Arch, sources: list[Node], targets: list[Node], edges: s
     return mask
 
 
+def _start_layer(arch: Arch, targets: list[Node], patched: Tensor) -> int:
+    """The lowest layer whose inputs a circuit run patches (``n_layers``: the logits' only):
+    below it the run is the clean run, which prefix reuse does not recompute."""
+    layers = [target_layer(t, arch.n_layers) for j, t in enumerate(targets) if patched[:, j].any()]
+    return min(layers, default=arch.n_layers)
+
+
+def _source_layer(arch: Arch, sources: list[Node], name: str) -> int:
+    """The layer whose block fires a source hook (the input: layer 0)."""
+    return min(max(s.layer, 0) for s in sources if arch.source_hook(s) == name)
+
+
 def _feeds(arch: Arch, sources: list[Node], targets: list[Node]) -> Tensor:
     """[S, V] bool: True where the source can feed the target (the edge exists)."""
     return torch.tensor([[arch.can_feed(s, t) for t in targets] for s in sources], dtype=torch.bool)
@@ -195,15 +215,27 @@ def _circuit_run(
     patched: Tensor,
     corrupt: dict[str, Tensor],
     weights: AttnWeights,
+    start: int = 0,
+    clean: dict[str, Tensor] | None = None,
 ) -> Float[Tensor, " b"]:
     """The clean run with every non-circuit edge's source seen as corrupt by its target:
     ``patched`` [S, V] marks those edges, ``corrupt`` holds the corrupt run's source
     activations. A target's input moves by the joint shift of its patched sources (heads of
-    one post-norm layer together: their writes do not add up)."""
+    one post-norm layer together: their writes do not add up).
+
+    No edge into a layer below ``start`` is patched, so the run starts there on the clean
+    run's residual stream (prefix reuse); the sources below it are read from ``clean``."""
     arch = Arch.of(model)
     names = sorted({arch.source_hook(s) for s in sources})
     live: dict[str, Tensor] = {}
     gaps = SourceGaps(model, sources, weights, corrupt)
+    if ctx.prefix is None:
+        start = 0  # full forwards: every source fires
+    for name in names:
+        if _source_layer(arch, sources, name) < start:
+            assert clean is not None
+            live[name] = clean[name]
+            gaps.update(name, live)
 
     def record(name: str) -> Callable[[Tensor, Any], None]:
         def hook(act: Tensor, hook: Any) -> None:
@@ -236,5 +268,7 @@ def _circuit_run(
     fwd += [(r, keep(live, r, detach=False)) for r in residuals]
     fwd += [(n, adjust(n)) for n in dict.fromkeys(arch.target_site(t).name for t in targets)]
     with torch.no_grad():
-        values, _ = run_metric(model, ctx.base_tokens, ctx.batch, ctx.metric, ctx.reference, fwd)
+        values, _ = run_metric(
+            model, ctx.base_tokens, ctx.batch, ctx.metric, ctx.reference, fwd, ctx.prefix, start
+        )
     return values

@@ -3,6 +3,9 @@
 For an edge u → v the target's residual input is shifted by Δout_u = out_u(x_src) −
 out_u(x_base) (through the target's own norm and projection), everything else runs as in
 the base run. One batched forward per edge: the batch is repeated, one copy per edge.
+Edges are grouped by the layer of their target: a forward patching inputs of layer l
+reuses the base run's residual stream entering layer l and runs only blocks l.. (for the
+logits: the final norm and unembedding alone), see :func:`~circuitgraph.run.prefix_reuse`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
 from circuitgraph.weights import AttnWeights, attn_weights, shift_target, source_deltas
 
-__all__ = ["check_edge", "patch_edges"]
+__all__ = ["check_edge", "patch_edges", "target_layer"]
 
 
 def _edge_deltas(
@@ -110,16 +113,22 @@ def patch_edges(
     s_idx = {n: i for i, n in enumerate(sources)}
     pairs, metric, opts = resolve(model, pairs, metric, batch_size, mode, progress)
     weights = attn_weights(model)
+    by_start: dict[int, list[int]] = {}
+    for j, e in enumerate(edges):
+        by_start.setdefault(target_layer(e.dst, arch.n_layers), []).append(j)
+    by_start = dict(sorted(by_start.items()))
     total = torch.zeros(len(edges), dtype=torch.float64)
     for batch in opts.batches(pairs):
-        ctx = base_run(model, batch, metric, opts.mode)
+        ctx = base_run(model, batch, metric, opts.mode, list(by_start))
         deltas = scale * _edge_deltas(model, batch, sources, opts.mode, weights)
         k = max(1, rows_per_pass(model, batch, max_rows) // len(batch))
-        for start in range(0, len(edges), k):
-            chunk = edges[start : start + k]
-            fx = _edge_effects(model, ctx, chunk, deltas, s_idx, weights)
-            total[start : start + len(chunk)] += fx.sum(1).cpu()
-            opts.advance(len(chunk) * len(batch))
+        for layer, members in by_start.items():
+            for i in range(0, len(members), k):
+                idx = members[i : i + k]
+                chunk = [edges[j] for j in idx]
+                fx = _edge_effects(model, ctx, chunk, deltas, s_idx, weights, layer)
+                total[idx] += fx.sum(1).cpu()
+                opts.advance(len(chunk) * len(batch))
     signed = opts.reduce(total) / len(pairs)
     return _edge_scores(sources, targets, edges, signed, metric.name, len(pairs))
 
@@ -131,7 +140,10 @@ def _edge_effects(
     deltas: Tensor,
     s_idx: dict[Node, int],
     weights: AttnWeights,
+    start: int = 0,
 ) -> Float[Tensor, "k b"]:
+    """I(e) for each edge of the chunk and each pair, from one forward that recomputes from
+    layer ``start`` (no edge of the chunk enters a layer below it) upwards."""
     k, b = len(chunk), len(ctx.batch)
     arch = Arch.of(model)
     groups: dict[str, list[tuple[int, Node, Tensor]]] = defaultdict(list)
@@ -145,9 +157,21 @@ def _edge_effects(
     fwd += [(n, _edge_patch_hook(model, weights, m, live, k)) for n, m in groups.items()]
     with torch.no_grad():
         values, _ = run_metric(
-            model, ctx.base_tokens.repeat(k, 1), ctx.batch, ctx.metric, ctx.reference, fwd
-        )
+            model, ctx.base_tokens.repeat(k, 1), ctx.batch, ctx.metric, ctx.reference, fwd,
+            ctx.prefix, start,
+        )  # fmt: skip
     return values.view(k, b).double() - ctx.base_metric.view(1, b).double()
+
+
+def target_layer(node: Node, n_layers: int) -> int:
+    """The layer whose block reads an edge target's input (``n_layers`` for the logits): a
+    patch of that input changes nothing below it.
+
+    Example:
+        >>> target_layer(Node("logits"), 4), target_layer(Node("q", 2, 0), 4)
+        (4, 2)
+    """
+    return n_layers if node.kind == "logits" else node.layer
 
 
 def check_edge(e: Edge, arch: Arch) -> None:

@@ -6,7 +6,10 @@ corrupt; ``"denoising"`` swaps them. ``ablation="zero"`` or ``"mean"`` replaces 
 value by zero or by its mean over all pairs (per position).
 
 Several nodes share one forward pass: the batch of B pairs is repeated k times and copy j
-gets node j patched, so the cost per node is one forward over B pairs.
+gets node j patched, so the cost per node is one forward over B pairs. Nodes are grouped by
+layer: a forward patching layer l and above reuses the base run's residual stream entering
+layer l and runs only blocks l.. (and the logits at the answer positions), see
+:func:`~circuitgraph.run.prefix_reuse`.
 """
 
 from __future__ import annotations
@@ -203,18 +206,30 @@ def patch_sets(
     arch = Arch.of(model)
     names = sorted({arch.node_site(n).name for s in sets for n in s})
     means = mean_activations(model, pairs, names, mode, batch_size) if ablation == "mean" else None
+    by_start = _by_start_layer(arch, sets)
     total = torch.zeros(len(sets), dtype=torch.float64)
     for batch in opts.batches(pairs):
-        ctx = base_run(model, batch, metric, opts.mode)
+        ctx = base_run(model, batch, metric, opts.mode, list(by_start))
         src = _source_acts(model, batch, names, opts.mode, ablation, means, scale) if names else {}
         k = max(1, rows_per_pass(model, batch, max_rows) // len(batch))
-        for start in range(0, len(sets), k):
-            chunk = sets[start : start + k]
-            total[start : start + len(chunk)] += (
-                _patched_effects(model, arch, ctx, chunk, src).sum(1).cpu()
-            )
-            opts.advance(len(chunk) * len(batch))
+        for layer, members in by_start.items():
+            for i in range(0, len(members), k):
+                idx = members[i : i + k]
+                chunk = [sets[j] for j in idx]
+                fx = _patched_effects(model, arch, ctx, chunk, src, layer)
+                total[idx] += fx.sum(1).cpu()
+                opts.advance(len(chunk) * len(batch))
     return opts.reduce(total) / len(pairs)
+
+
+def _by_start_layer(arch: Arch, sets: Sequence[Sequence[Node]]) -> dict[int, list[int]]:
+    """Indices of the sets by the lowest layer they patch (an empty set: the last layer):
+    a patched forward recomputes only from there, reusing the base run below it."""
+    groups: dict[int, list[int]] = {}
+    for j, nodes in enumerate(sets):
+        layer = min((n.layer for n in nodes), default=arch.n_layers)
+        groups.setdefault(layer, []).append(j)
+    return dict(sorted(groups.items()))
 
 
 def _patched_effects(
@@ -223,8 +238,10 @@ def _patched_effects(
     ctx: RunContext,
     chunk: Sequence[Sequence[Node]],
     src: dict[str, Tensor],
+    start: int = 0,
 ) -> Float[Tensor, "k b"]:
-    """I(S) for each node set of the chunk and each pair of the batch, from one forward."""
+    """I(S) for each node set of the chunk and each pair of the batch, from one forward
+    that recomputes from layer ``start`` (no set patches below it) upwards."""
     k, b = len(chunk), len(ctx.batch)
     if not any(chunk):
         return torch.zeros(k, b, dtype=torch.float64)
@@ -234,5 +251,7 @@ def _patched_effects(
         fwd.append((name, _patch_hook(arch, slots, src[name])))
     tokens = ctx.base_tokens.repeat(k, 1)
     with torch.no_grad():
-        values, _ = run_metric(model, tokens, ctx.batch, ctx.metric, ctx.reference, fwd)
+        values, _ = run_metric(
+            model, tokens, ctx.batch, ctx.metric, ctx.reference, fwd, ctx.prefix, start
+        )
     return values.view(k, b).double() - ctx.base_metric.view(1, b).double()
