@@ -16,7 +16,8 @@ from typing import Any
 from circuitgraph.attribution import baselines, edges_star  # noqa: F401  (they register methods)
 from circuitgraph.attribution.atp import ESTIMATORS, Estimator, get_estimator, register
 from circuitgraph.attribution.diagnostics import Diagnosis, diagnose
-from circuitgraph.attribution.verify import Verification, verify_nodes
+from circuitgraph.attribution.sequential import diagnose_until
+from circuitgraph.attribution.verify import Verification, verify_auto, verify_nodes
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Node, enumerate_nodes
 from circuitgraph.patching import Progress
@@ -31,8 +32,10 @@ __all__ = [
     "Verification",
     "attribute_nodes",
     "diagnose",
+    "diagnose_until",
     "get_estimator",
     "register",
+    "verify_auto",
     "verify_nodes",
 ]
 

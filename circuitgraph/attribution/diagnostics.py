@@ -6,18 +6,31 @@ forward pass, and estimate each node's effect as
 
     ê(n) = mean{I(S) : n ∈ S} − mean{I(S) : n ∉ S}.
 
-For additive effects ê(n) is unbiased; Welch's t-statistic with a Bonferroni correction
-over the nodes turns it into an upper confidence bound on max_n |c(n)|, the largest effect
-any unverified node can have. Interactions between nodes are attributed to them on
-average, so the bound is exact only for additive effects; every report says so.
+For additive effects ê(n) is unbiased. As in AtP* (Kramár et al. 2024, §3.3), each node n
+gets a one-sided Welch t-test of "|c(n)| ≥ θ" against "|c(n)| < θ", and "some unverified
+node reaches θ" is rejected when every node's test rejects (an intersection–union test: its
+p-value is the largest of the nodes' p-values, so no correction over the nodes is needed).
+Inverting it gives the bound max_n |ê(n)| + t_{1−α}(ν_n)·se(n). ``correction="bonferroni"``
+instead makes every node's bound hold simultaneously (t_{1−α/(2N)}); that is the
+conservative choice when the nodes to verify are picked *from the same subsets*.
+
+Variance reduction (``screen=``): the screen's own estimates Î(n) are a control variate.
+The subsets then estimate only the screen's error,
+
+    ĉ(n) = β Î(n) + ê_z(n),   z(S) = I(S) − β Σ_{m∈S} Î(m),
+
+where β is the least-squares slope of I(S) on Σ_{m∈S} Î(m); ê_z is unbiased for c − βÎ
+whatever β, and its variance is Σ_m (c(m) − βÎ(m))² / n_subsets instead of Σ_m c(m)² /
+n_subsets. Interactions between nodes are attributed to them on average, so the bound is
+exact only for additive effects; every report says so.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -26,15 +39,58 @@ from torch import Tensor
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
 from circuitgraph.patching import Progress, patch_sets
-from circuitgraph.tasks.metrics import Metric, get_metric
+from circuitgraph.scores import NodeScores
+from circuitgraph.tasks.metrics import Metric, answer_logits, get_metric, widen
 from circuitgraph.tasks.pairs import PromptPairs
 
-__all__ = ["CAVEAT", "Diagnosis", "diagnose", "draw_subsets", "subset_effects", "t_quantile"]
+__all__ = [
+    "CAVEAT",
+    "CORRECTIONS",
+    "Diagnosis",
+    "GroupBound",
+    "control_variate",
+    "diagnose",
+    "draw_subsets",
+    "metric_gap",
+    "subset_effects",
+    "t_quantile",
+    "upper_bounds",
+]
 
 CAVEAT = (
     "The bound is exact only for additive effects: interactions between nodes are "
     "averaged into the per-node estimates, so strongly interacting nodes can exceed it."
 )
+
+Correction = Literal["paper", "bonferroni"]
+#: ``paper``: AtP*'s intersection–union test (one-sided t_{1−α}); ``bonferroni``: every
+#: node's bound simultaneously (t_{1−α/(2N)})
+CORRECTIONS: tuple[str, ...] = ("paper", "bonferroni")
+
+
+@dataclass(frozen=True)
+class GroupBound:
+    """One group's share of a sequential diagnosis (a layer, or all nodes).
+
+    ``bound`` is the group's bound at its last test, made at level ``alpha``; ``closed`` says
+    whether it fell below the threshold it was tested against (``threshold``).
+    """
+
+    key: str
+    n_nodes: int
+    n_subsets: int
+    tests: int
+    bound: float
+    alpha: float
+    threshold: float
+    closed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.key, "nodes": self.n_nodes, "subsets": self.n_subsets,
+            "tests": self.tests, "bound": _finite(self.bound), "alpha": self.alpha,
+            "threshold": _finite(self.threshold), "closed": self.closed,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,7 +99,12 @@ class Diagnosis:
 
     ``bound`` is an upper confidence bound (at ``confidence``) on the largest |effect| of
     any node in ``nodes``; ``upper`` holds each node's own bound, ``estimate`` and
-    ``stderr`` the subset estimate ê(n) and its standard error.
+    ``stderr`` the subset estimate ê(n) (with the control variate: ĉ(n)) and its standard
+    error. ``gap`` is the clean − corrupt metric difference when known, so that
+    :attr:`relative_bound` says the bound in the gap's units; ``needed_passes`` is the
+    extrapolated number of forward passes per pair that would bring the bound down to
+    ``target`` (None when it is already there or sampling alone cannot get there, in which
+    case ``must_verify`` lists the nodes whose own estimate stands in the way).
 
     Example:
         >>> d = diagnose(model, pairs, unverified, p=0.25, n_subsets=200)  # doctest: +SKIP
@@ -63,6 +124,23 @@ class Diagnosis:
     n_pairs: int
     forward_passes: float
     caveat: str = CAVEAT
+    correction: str = "paper"
+    beta: float | None = None
+    gap: float | None = None
+    target: float | None = None
+    budget: float | None = None
+    groups: tuple[GroupBound, ...] = ()
+    needed_passes: float | None = None
+    must_verify: tuple[Node, ...] = ()
+    stopped: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def relative_bound(self) -> float | None:
+        """The bound as a fraction of |clean − corrupt| (None when the gap is unknown or 0)."""
+        if self.gap is None or self.gap == 0:
+            return None
+        return self.bound / abs(self.gap)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per node, largest upper bound first."""
@@ -78,11 +156,50 @@ class Diagnosis:
         ]
 
     def summary(self) -> str:
-        return (
-            f"With {self.confidence:.0%} confidence no unverified node ({len(self.nodes)}) has "
-            f"|effect| above {self.bound:.4g} ({self.metric}; {self.n_subsets} random subsets, "
-            f"p={self.p}, {self.forward_passes:g} forward passes per pair). {self.caveat}"
+        design = (
+            f"{self.n_subsets} random subsets, p={self.p}"
+            + (
+                f", screen as control variate (beta={self.beta:.3g})"
+                if self.beta is not None
+                else ""
+            )
+            + f", {self.forward_passes:g} forward passes per pair"
         )
+        text = (
+            f"With {self.confidence:.0%} confidence no unverified node ({len(self.nodes)}) has "
+            f"|effect| above {self.bound:.4g} ({self.metric}; {design})."
+        )
+        rel = self.relative_bound
+        if rel is not None:
+            text += (
+                f" That is {rel:.3g} x the clean - corrupt gap ({abs(self.gap or 0):.4g}): "
+                + _meaning(rel)
+            )
+        advice = self.advice()
+        return f"{text} {advice} {self.caveat}" if advice else f"{text} {self.caveat}"
+
+    def advice(self) -> str:
+        """What it would take to reach ``target`` (empty when there is no target or it is met)."""
+        if self.target is None or self.bound <= self.target:
+            return ""
+        unit = self._in_gap(self.target)
+        parts = [f"The target {self.target:.4g}{unit} was not reached"]
+        if self.needed_passes is not None:
+            more = max(self.needed_passes - self.forward_passes, 0.0)
+            parts.append(
+                f"about {self.needed_passes:.0f} forward passes per pair in all ({more:.0f} more) "
+                "would reach it, extrapolating the standard errors seen"
+            )
+        if self.must_verify:
+            ids = ", ".join(n.id for n in self.must_verify[:8])
+            parts.append(
+                f"{len(self.must_verify)} node(s) are themselves estimated above it and must be "
+                f"verified exactly first (1 forward pass each): {ids}"
+            )
+        return "; ".join(parts) + "."
+
+    def _in_gap(self, x: float) -> str:
+        return f" ({x / abs(self.gap):.3g} x gap)" if self.gap else ""
 
     def table(self, k: int = 10) -> str:
         lines = [self.summary(), f"{'node':<16}{'estimate':>12}{'stderr':>12}{'upper':>12}"]
@@ -91,6 +208,50 @@ class Diagnosis:
                 f"{r['node']:<16}{r['estimate']:>12.4g}{r['stderr']:>12.4g}{r['upper']:>12.4g}"
             )
         return "\n".join(lines)
+
+    def to_json(self, k: int = 20) -> dict[str, Any]:
+        """The bound, what it means and costs, and the ``k`` nodes with the largest bounds."""
+        return {
+            "schema": "circuitgraph.diagnosis/1",
+            "bound": _finite(self.bound),
+            "relative_bound": self.relative_bound,
+            "confidence": self.confidence,
+            "correction": self.correction,
+            "gap": self.gap,
+            "target": self.target,
+            "budget": self.budget,
+            "forward_passes": self.forward_passes,
+            "needed_passes": self.needed_passes,
+            "must_verify": [n.id for n in self.must_verify],
+            "n_unverified": len(self.nodes),
+            "n_subsets": self.n_subsets,
+            "p": self.p,
+            "beta": self.beta,
+            "seed": self.seed,
+            "metric": self.metric,
+            "n_pairs": self.n_pairs,
+            "stopped": self.stopped,
+            "groups": [g.to_json() for g in self.groups],
+            "summary": self.summary(),
+            "caveat": self.caveat,
+            "top": self.rows()[:k],
+        }
+
+
+def _meaning(rel: float) -> str:
+    if rel >= 1.0:
+        return (
+            "the bound is vacuous (no single node can move the metric by more than the whole "
+            "gap), so it rules nothing out."
+        )
+    return (
+        f"patched alone, no unverified node moves the metric by more than {rel:.1%} of what "
+        "patching the whole input does."
+    )
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def draw_subsets(n_nodes: int, p: float, n_subsets: int, seed: int) -> Bool[Tensor, "s n"]:
@@ -130,13 +291,59 @@ def subset_effects(
     return mean_in - mean_out, se, torch.nan_to_num(df, nan=1.0).clamp(min=1.0)
 
 
+def control_variate(
+    masks: Bool[Tensor, "s n"], effects: Float[Tensor, " s"], screen: Float[Tensor, " n"]
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"], Float[Tensor, " n"], float]:
+    """ĉ(n) = β Î(n) + ê_z(n) with z(S) = I(S) − β Σ_{m∈S} Î(m): the subsets estimate only
+    the screen's error. Returns ĉ, its Welch standard error, degrees of freedom and β.
+
+    β is the least-squares slope of I(S) on Σ_{m∈S} Î(m) (0 when that sum does not vary).
+
+    Example:
+        >>> masks = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1]]).bool()
+        >>> c = torch.tensor([2.0, -1.0])
+        >>> est, se, df, beta = control_variate(masks, (masks.double() * c).sum(1), c)
+        >>> est.tolist(), se.tolist(), beta
+        ([2.0, -1.0], [0.0, 0.0], 1.0)
+    """
+    a = screen.double()
+    total = masks.double() @ a
+    y = effects.double()
+    centred = total - total.mean()
+    denom = float((centred * centred).sum())
+    beta = float((centred * (y - y.mean())).sum()) / denom if denom > 0 else 0.0
+    resid, se, df = subset_effects(masks, y - beta * total)
+    return beta * a + resid, se, df, beta
+
+
+def t_multipliers(
+    df: Float[Tensor, " n"], alpha: float, correction: str = "paper"
+) -> Float[Tensor, " n"]:
+    """The t quantile each node's bound adds: t_{1−α}(ν) (``paper``, intersection–union) or
+    t_{1−α/(2N)}(ν) (``bonferroni``, every node at once); df rounded down, one per value.
+
+    Example:
+        >>> df = torch.tensor([10.0, 10.5], dtype=torch.float64)
+        >>> [round(x, 3) for x in t_multipliers(df, 0.05).tolist()]
+        [1.812, 1.812]
+    """
+    if correction not in CORRECTIONS:
+        raise ConfigError(f"expected a correction among {list(CORRECTIONS)} but got {correction!r}")
+    n = max(len(df), 1)
+    prob = 1.0 - alpha if correction == "paper" else 1.0 - alpha / (2 * n)
+    whole = df.floor().clamp(min=1.0)
+    table = {d: t_quantile(prob, d) for d in set(whole.tolist())}
+    return torch.tensor([table[d] for d in whole.tolist()], dtype=torch.float64)
+
+
 def upper_bounds(
     estimate: Float[Tensor, " n"],
     stderr: Float[Tensor, " n"],
     df: Float[Tensor, " n"],
     confidence: float,
+    correction: str = "bonferroni",
 ) -> Float[Tensor, " n"]:
-    """|ê(n)| + t_{1−α/(2N)}(df_n)·se(n): jointly valid for all N nodes (Bonferroni).
+    """|ê(n)| + t·se(n), with t from :func:`t_multipliers` at α = 1 − confidence.
 
     Degrees of freedom are rounded down (a larger, safer quantile), one quantile per value.
 
@@ -144,12 +351,34 @@ def upper_bounds(
         >>> one = torch.ones(1, dtype=torch.float64)
         >>> round(float(upper_bounds(one, one, 10 * one, 0.95)), 3)  # 1 + t_0.975(10)
         3.228
+        >>> round(float(upper_bounds(one, one, 10 * one, 0.95, "paper")), 3)  # 1 + t_0.95(10)
+        2.812
     """
-    prob = 1.0 - (1.0 - confidence) / (2 * len(estimate))
-    whole = df.floor().clamp(min=1.0)
-    table = {d: t_quantile(prob, d) for d in set(whole.tolist())}
-    t = torch.tensor([table[d] for d in whole.tolist()], dtype=torch.float64)
+    t = t_multipliers(df, 1.0 - confidence, correction)
     return estimate.abs() + torch.where(stderr > 0, t * stderr, torch.zeros_like(stderr))
+
+
+def metric_gap(
+    model: Any, pairs: PromptPairs, metric: str | Metric = "logit_diff", batch_size: int = 32
+) -> float:
+    """E L(clean) − E L(corrupt): what patching the whole input changes (2 forward passes per
+    pair). The unit every bound is reported in.
+
+    Example:
+        >>> metric_gap(model, pairs, "logit_diff")  # doctest: +SKIP
+        12.71
+    """
+    m = get_metric(metric)
+    device = next(iter(model.parameters())).device
+    total = 0.0
+    with torch.no_grad():
+        for batch in pairs.to(device).batches(batch_size):
+            clean = answer_logits(model(batch.clean), batch)
+            corrupt = answer_logits(model(batch.corrupt), batch)
+            ref = widen(clean).log_softmax(-1) if m.needs_reference else None
+            diff = widen(m(clean, batch, ref)) - widen(m(corrupt, batch, ref))
+            total += float(diff.double().sum())
+    return total / len(pairs)
 
 
 def diagnose(
@@ -164,10 +393,18 @@ def diagnose(
     mode: str = "noising",
     batch_size: int = 32,
     progress: Progress | None = None,
+    *,
+    screen: NodeScores | None = None,
+    correction: str = "paper",
+    gap: float | None = None,
 ) -> Diagnosis:
     """Bound the largest effect any unverified node can have, from random joint patches.
 
-    Costs ``n_subsets`` + 2 forward passes per pair.
+    Costs ``n_subsets`` + 2 forward passes per pair. With ``screen`` (the node scores that
+    chose what to verify) its signed estimates are a control variate and the subsets only
+    estimate the screen's error; ``gap`` (see :func:`metric_gap`) puts the bound in the gap's
+    units. For a budget or a target bound, see
+    :func:`circuitgraph.attribution.sequential.diagnose_until`.
 
     Example:
         >>> rest = [n for n in nodes if n not in verified]  # doctest: +SKIP
@@ -181,13 +418,26 @@ def diagnose(
         model, pairs, sets, metric, mode,  # type: ignore[arg-type]
         batch_size=batch_size, progress=progress,
     )  # fmt: skip
-    est, se, df = subset_effects(masks, effects)
-    upper = upper_bounds(est, se, df, confidence)
+    beta = None
+    if screen is not None:
+        est, se, df, beta = control_variate(masks, effects, screen_effects(screen, nodes))
+    else:
+        est, se, df = subset_effects(masks, effects)
+    upper = upper_bounds(est, se, df, confidence, correction)
     m = get_metric(metric)
     return Diagnosis(
         tuple(nodes), est, se, upper, float(upper.max()), confidence, p, n_subsets, seed,
         m.name, len(pairs), forward_passes=n_subsets + 2.0 + float(m.needs_reference),
+        correction=correction, beta=beta, gap=gap,
     )  # fmt: skip
+
+
+def screen_effects(screen: NodeScores, nodes: Sequence[Node]) -> Float[Tensor, " n"]:
+    """The screen's signed estimates E Î of ``nodes`` (0 for nodes it did not score)."""
+    idx = screen.index
+    return torch.tensor(
+        [float(screen.signed[idx[n]]) if n in idx else 0.0 for n in nodes], dtype=torch.float64
+    )
 
 
 def _check(nodes: Sequence[Node], p: float, n_subsets: int, confidence: float) -> None:
