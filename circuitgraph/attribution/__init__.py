@@ -13,7 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from circuitgraph.attribution import baselines, edges_star  # noqa: F401  (they register methods)
+from circuitgraph.attribution import (  # noqa: F401  (they register methods)
+    baselines,
+    edges_star,
+    graddrop_mean,
+)
 from circuitgraph.attribution.atp import ESTIMATORS, Estimator, get_estimator, register
 from circuitgraph.attribution.diagnostics import Diagnosis, diagnose
 from circuitgraph.attribution.sequential import diagnose_until
