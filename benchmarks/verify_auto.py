@@ -45,13 +45,19 @@ def main() -> None:
     key = f"{args.model}|{args.task}|{args.kind}|{args.pairs}|{args.pair_seed}"
     exact = exact_cached(model, pairs, nodes, key, args.cache).abs()
     order = exact.argsort(descending=True).tolist()
-    print(f"{args.model} {args.task} {args.kind}: {len(nodes)} nodes, {len(pairs)} pairs; "
-          f"exact top-12 |effects| {[round(float(exact[i]), 3) for i in order[:12]]}")
-    print(f"{'screen':<11}{'groups':<7}{'k':>3}{'seed':>5}{'passes':>8}{'sweep':>7}{'ratio':>7}"
-          f"{'verified':>9}{'top-k':>7}{'held':>6}  stopped   bound / tau")
+    print(
+        f"{args.model} {args.task} {args.kind}: {len(nodes)} nodes, {len(pairs)} pairs; "
+        f"exact top-12 |effects| {[round(float(exact[i]), 3) for i in order[:12]]}"
+    )
+    print(
+        f"{'screen':<11}{'groups':<7}{'k':>3}{'seed':>5}{'passes':>8}{'sweep':>7}{'ratio':>7}"
+        f"{'verified':>9}{'top-k':>7}{'held':>6}  stopped   bound / tau"
+    )
     for screen_name in args.screens:
         screen = attribute_nodes(model, pairs, method=screen_name, nodes=nodes)
-        fixed = {k: len(set(order[:k]) & set(nodes.index(n) for n in screen.top_k(k))) for k in args.top}
+        fixed = {
+            k: len(set(order[:k]) & set(nodes.index(n) for n in screen.top_k(k))) for k in args.top
+        }
         for groups in args.groups:
             for k in args.top:
                 for seed in range(args.seeds):
@@ -61,11 +67,13 @@ def main() -> None:
                     held = v.stopped != "bounded" or float(exact[rest].max()) < (v.threshold or 0)
                     found = len(set(order[:k]) & done)
                     d = v.diagnosis
-                    print(f"{screen_name:<11}{groups:<7}{k:>3}{seed:>5}{v.forward_passes:>8.0f}"
-                          f"{v.exhaustive_passes:>7.0f}{(v.exhaustive_passes or 0) / v.forward_passes:>7.2f}"
-                          f"{len(v.nodes):>9}{found:>5}/{k:<2}{'yes' if held else 'NO':>5}  {v.stopped:<9} "
-                          f"{d.bound if d else 0:.3g} / {v.threshold:.3g}   (fixed top-{k}: {fixed[k]}/{k})",
-                          flush=True)
+                    print(
+                        f"{screen_name:<11}{groups:<7}{k:>3}{seed:>5}{v.forward_passes:>8.0f}"
+                        f"{v.exhaustive_passes:>7.0f}{(v.exhaustive_passes or 0) / v.forward_passes:>7.2f}"
+                        f"{len(v.nodes):>9}{found:>5}/{k:<2}{'yes' if held else 'NO':>5}  {v.stopped:<9} "
+                        f"{d.bound if d else 0:.3g} / {v.threshold:.3g}   (fixed top-{k}: {fixed[k]}/{k})",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

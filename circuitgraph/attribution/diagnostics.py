@@ -190,6 +190,11 @@ class Diagnosis:
                 f"about {self.needed_passes:.0f} forward passes per pair in all ({more:.0f} more) "
                 "would reach it, extrapolating the standard errors seen"
             )
+        elif not self.groups and (fresh := self.passes_for(self.target)) is not None:
+            parts.append(
+                f"a fresh draw of about {fresh:.0f} subsets (forward passes per pair) would "
+                "reach it, extrapolating the standard errors seen"
+            )
         if self.must_verify:
             ids = ", ".join(n.id for n in self.must_verify[:8])
             parts.append(
@@ -197,6 +202,24 @@ class Diagnosis:
                 f"verified exactly first (1 forward pass each): {ids}"
             )
         return "; ".join(parts) + "."
+
+    def passes_for(self, target: float) -> float | None:
+        """About how many forward passes per pair one fresh round of subsets would need for
+        the bound to fall below ``target`` (standard errors shrink as 1/√subsets; the largest
+        of the nodes' noises is allowed for), or None when some node's own estimate already
+        reaches it: that node must be verified, sampling cannot rule it out.
+
+        Example:
+            >>> d = diagnose(model, pairs, rest, n_subsets=50)  # doctest: +SKIP
+            >>> d.passes_for(0.1 * abs(d.gap))  # doctest: +SKIP
+            412.0
+        """
+        if len(self.nodes) == 0 or self.bound <= target:
+            return 0.0
+        df = torch.full((1,), max(self.p * self.n_subsets - 1, 1.0), dtype=torch.float64)
+        t = float(t_multipliers(df, 1.0 - self.confidence, self.correction)[0])
+        need = _needed(self.estimate, self.stderr, t, target, max(self.n_subsets, 1))
+        return None if not math.isfinite(need) else math.ceil(need) + 2.0
 
     def _in_gap(self, x: float) -> str:
         return f" ({x / abs(self.gap):.3g} x gap)" if self.gap else ""
@@ -358,6 +381,43 @@ def upper_bounds(
     return estimate.abs() + torch.where(stderr > 0, t * stderr, torch.zeros_like(stderr))
 
 
+def _needed_each(est: Tensor, se: Tensor, t: float, tau: float, m: int) -> Tensor:
+    """Per node, the subsets m' at which its next bound should fall below τ; inf if never.
+
+    With m' fresh subsets a node's bound is about |c| + (q + t)·se·√(m/m'), where |c| is
+    taken as |ĉ| − se (for a node whose true effect is 0, |ĉ| itself shrinks as the subsets
+    grow) and q = Φ⁻¹(1 − 1/(2N)) is how far the largest of the N nodes' noises reaches,
+    since the group's bound is their maximum.
+
+    Example:
+        >>> _needed_each(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 1.0]), 2.0, 1.0, 10).tolist()  # doctest: +ELLIPSIS
+        [71.5..., inf]
+    """
+    q = _normal_quantile(1.0 - 0.5 / max(len(est), 1))
+    room = tau - (est.abs() - se).clamp(min=0.0)
+    need = m * ((q + t) * se / room.clamp(min=1e-300)) ** 2
+    return torch.where((room > 0) & torch.isfinite(se), need, torch.full_like(need, math.inf))
+
+
+def _normal_quantile(prob: float) -> float:
+    """Φ⁻¹(prob) for 1/2 ≤ prob < 1.
+
+    Example:
+        >>> round(_normal_quantile(0.975), 3)
+        1.96
+    """
+    return math.sqrt(2.0) * float(
+        torch.special.erfinv(torch.tensor(2.0 * prob - 1.0, dtype=torch.float64))
+    )
+
+
+def _needed(est: Tensor, se: Tensor, t: float, tau: float, m: int) -> float:
+    """The subsets every node's bound needs (the largest of :func:`_needed_each`)."""
+    if len(est) == 0:
+        return float(m)
+    return float(_needed_each(est, se, t, tau, m).max())
+
+
 def metric_gap(
     model: Any, pairs: PromptPairs, metric: str | Metric = "logit_diff", batch_size: int = 32
 ) -> float:
@@ -397,13 +457,16 @@ def diagnose(
     screen: NodeScores | None = None,
     correction: str = "paper",
     gap: float | None = None,
+    bound_target: float | None = None,
 ) -> Diagnosis:
     """Bound the largest effect any unverified node can have, from random joint patches.
 
     Costs ``n_subsets`` + 2 forward passes per pair. With ``screen`` (the node scores that
     chose what to verify) its signed estimates are a control variate and the subsets only
     estimate the screen's error; ``gap`` (see :func:`metric_gap`) puts the bound in the gap's
-    units. For a budget or a target bound, see
+    units, and ``bound_target`` (a fraction of the gap; the gap is then computed if not given,
+    2 more passes) makes the summary say what a fresh draw would need to reach it. To draw
+    until a target is reached or a budget spent, see
     :func:`circuitgraph.attribution.sequential.diagnose_until`.
 
     Example:
@@ -425,10 +488,15 @@ def diagnose(
         est, se, df = subset_effects(masks, effects)
     upper = upper_bounds(est, se, df, confidence, correction)
     m = get_metric(metric)
+    passes = n_subsets + 2.0 + float(m.needs_reference)
+    if bound_target is not None and gap is None:
+        gap = metric_gap(model, pairs, m, batch_size)
+        passes += 2.0
+    target = None if bound_target is None or gap is None else bound_target * abs(gap)
     return Diagnosis(
         tuple(nodes), est, se, upper, float(upper.max()), confidence, p, n_subsets, seed,
-        m.name, len(pairs), forward_passes=n_subsets + 2.0 + float(m.needs_reference),
-        correction=correction, beta=beta, gap=gap,
+        m.name, len(pairs), forward_passes=passes, correction=correction, beta=beta, gap=gap,
+        target=target,
     )  # fmt: skip
 
 

@@ -48,6 +48,8 @@ from circuitgraph.attribution.diagnostics import (
     CORRECTIONS,
     Diagnosis,
     GroupBound,
+    _needed,
+    _needed_each,
     metric_gap,
     screen_effects,
     subset_effects,
@@ -514,43 +516,6 @@ def _pooled_slope(x: Tensor, y: Tensor) -> float:
     xc = x - x.mean()
     denom = float((xc * xc).sum())
     return float((xc * (y - y.mean())).sum()) / denom if denom > 0 else 0.0
-
-
-def _needed_each(est: Tensor, se: Tensor, t: float, tau: float, m: int) -> Tensor:
-    """Per node, the subsets m' at which its next bound should fall below τ; inf if never.
-
-    With m' fresh subsets a node's bound is about |c| + (q + t)·se·√(m/m'), where |c| is
-    taken as |ĉ| − se (for a node whose true effect is 0, |ĉ| itself shrinks as the subsets
-    grow) and q = Φ⁻¹(1 − 1/(2N)) is how far the largest of the N nodes' noises reaches,
-    since the group's bound is their maximum.
-
-    Example:
-        >>> _needed_each(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 1.0]), 2.0, 1.0, 10).tolist()  # doctest: +ELLIPSIS
-        [71.5..., inf]
-    """
-    q = _normal_quantile(1.0 - 0.5 / max(len(est), 1))
-    room = tau - (est.abs() - se).clamp(min=0.0)
-    need = m * ((q + t) * se / room.clamp(min=1e-300)) ** 2
-    return torch.where((room > 0) & torch.isfinite(se), need, torch.full_like(need, math.inf))
-
-
-def _normal_quantile(prob: float) -> float:
-    """Φ⁻¹(prob) for 1/2 ≤ prob < 1.
-
-    Example:
-        >>> round(_normal_quantile(0.975), 3)
-        1.96
-    """
-    return math.sqrt(2.0) * float(
-        torch.special.erfinv(torch.tensor(2.0 * prob - 1.0, dtype=torch.float64))
-    )
-
-
-def _needed(est: Tensor, se: Tensor, t: float, tau: float, m: int) -> float:
-    """The subsets every node's bound needs (the largest of :func:`_needed_each`)."""
-    if len(est) == 0:
-        return float(m)
-    return float(_needed_each(est, se, t, tau, m).max())
 
 
 def _neediest(idx: list[int], need: Tensor, m: int, cap: int) -> list[int]:

@@ -58,7 +58,8 @@ def test_the_planted_node_is_found():
 @pytest.mark.slow
 def test_the_planted_node_is_found_across_twenty_seeds():
     found, held, n = _planted(ALL)
-    assert found >= 0.95 * n and held >= 0.95 * n  # measured: 20 of 20 and 20 of 20
+    assert found >= 0.95 * n and held >= 0.95 * n
+    # measured: found 20 of 20, claim held 20 of 20, median 114 passes of the sweep's 194
 
 
 def _nothing_hidden(seeds) -> tuple[list[float], int, float]:
@@ -75,14 +76,14 @@ def _nothing_hidden(seeds) -> tuple[list[float], int, float]:
 def test_nothing_hidden_stops_early():
     passes, top, exhaustive = _nothing_hidden(FAST)
     assert top == len(FAST)
-    assert passes[len(passes) // 2] < 0.5 * exhaustive  # measured: median 81 of 194
+    assert passes[len(passes) // 2] < 0.5 * exhaustive  # measured: median 88 of 194
 
 
 @pytest.mark.slow
 def test_nothing_hidden_stops_early_across_twenty_seeds():
     passes, top, exhaustive = _nothing_hidden(ALL)
-    assert top >= 0.95 * len(ALL)
-    assert passes[len(passes) // 2] < 0.6 * exhaustive
+    assert top >= 0.95 * len(ALL)  # measured: 20 of 20
+    assert passes[len(passes) // 2] < 0.6 * exhaustive  # measured: median 89 of 194
 
 
 def test_verify_nodes_auto_reports_what_it_did():
@@ -153,3 +154,20 @@ def test_the_screen_as_control_variate_tightens_the_fixed_design_bound(additive)
     assert cv.bound == pytest.approx(largest, rel=1e-6) and cv.beta == pytest.approx(1.0)
     assert plain.bound > 1.2 * largest
     assert "control variate" in cv.summary()
+
+
+def test_a_fixed_draw_says_what_a_target_would_cost(additive):
+    model, info, pairs = additive
+    nodes = enumerate_nodes(info, ["v"], per_position=True, seq_len=pairs.seq_len)
+    truth = attribute_nodes(model, pairs, method="exact", nodes=nodes)
+    rest = [n for n in nodes if n not in set(truth.top_k(5))]
+    largest = float(truth.subset(rest).score.max())
+    gap = metric_gap(model, pairs)
+    d = diagnose(model, pairs, rest, n_subsets=40, seed=0, bound_target=1.3 * largest / abs(gap))
+    assert d.gap == pytest.approx(gap) and d.forward_passes == 40 + 2 + 2
+    need = d.passes_for(d.target)
+    assert need is not None and need > 40 and "a fresh draw of about" in d.summary()
+    # a draw of that size does reach the target (the extrapolation is not optimistic)
+    again = diagnose(model, pairs, rest, n_subsets=int(need) - 2, seed=1, gap=gap)
+    assert again.bound <= d.target
+    assert d.passes_for(0.5 * largest) is None  # a node is itself above: verify it first
