@@ -4,8 +4,9 @@ Every estimator has one signature and is looked up by name (no if/elif on string
 
     estimator(model, pairs, nodes, metric, *, batch_size, mode, progress, **options) -> NodeScores
 
-Methods: ``atp``, ``atp+qkfix``, ``atp+graddrop``, ``atp*``, ``exact`` and the baselines
-``subsampling``, ``blocks``, ``random``.
+Methods: ``atp``, ``atp+qkfix``, ``atp+graddrop``, ``atp*``, ``atp*-mean`` (GradDrop after
+the mean over pairs), ``atp-ig`` (integrated gradients per hook site), ``exact`` and the
+baselines ``subsampling``, ``blocks``, ``random``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from circuitgraph.attribution import (  # noqa: F401  (they register methods)
+    atp_ig,
     baselines,
     edges_star,
     graddrop_mean,
