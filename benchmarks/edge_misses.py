@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from circuitgraph import load_model
-from circuitgraph.attribution.edges import attribute_edges
+from circuitgraph.attribution import attribute_edges
 from circuitgraph.tasks import make_pairs
 from circuitgraph.zoo import list_models
 

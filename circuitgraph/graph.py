@@ -51,6 +51,7 @@ __all__ = [
     "SOURCE_KINDS",
     "TARGET_KINDS",
     "build_circuit",
+    "circuit_edges",
     "circuit_from_edges",
     "edge_attributes",
     "model_attrs",
@@ -489,3 +490,17 @@ def _plain(value: Any, where: str) -> Any:
         f"expected JSON-like values (numbers, strings, lists, dicts) in {where} but got a "
         f"{type(value).__name__}; convert it first"
     )
+
+
+def circuit_edges(circuit: nx.DiGraph) -> list[Edge]:
+    """The scored (non-internal) edges of a circuit graph.
+
+    Example:
+        >>> import networkx as nx
+        >>> g = nx.DiGraph(); g.add_edge("input", "a0.h1<q>", internal=False)
+        >>> [e.id for e in circuit_edges(g)]
+        ['input->a0.h1<q>']
+    """
+    return [
+        Edge.parse(f"{u}->{v}") for u, v, d in circuit.edges(data=True) if not d.get("internal")
+    ]

@@ -146,30 +146,61 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device asked for (None: CUDA when available, else CPU); one that torch does not
-    know, or a GPU this machine lacks, is a :class:`ConfigError`.
+    """The device asked for, always with an index for a GPU.
+
+    None means the first CUDA device when torch sees one, else the CPU. ``cuda`` becomes the
+    current CUDA device (``cuda:0`` unless the process chose another, as each ``torchrun``
+    worker does), ``cuda:N`` must exist, ``mps`` needs torch's Metal backend. Anything
+    else is a one-sentence :class:`ConfigError`.
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ConfigError(
-            f"expected a torch device such as 'cpu' or 'cuda' but got {device!r}"
+            f"expected a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps' but got {device!r}"
         ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asks for a GPU but torch sees no CUDA device here")
+    if resolved.type == "cuda":
+        return _cuda_device(device, resolved)
+    if resolved.type == "mps" and not _mps_available():
+        raise ConfigError(
+            f"device {device!r} asks for Apple's Metal backend but torch has none here"
+        )
+    if resolved.type not in ("cpu", "mps"):
+        raise ConfigError(f"expected a device of type cpu, cuda or mps but got {device!r}")
     return resolved
+
+
+def _cuda_device(asked: str | torch.device, resolved: torch.device) -> torch.device:
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {str(asked)!r} asks for a GPU but torch sees no CUDA device here"
+        )
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if resolved.index is None else resolved.index
+    if index >= count:
+        raise ConfigError(
+            f"device {str(asked)!r} asks for GPU {index} but torch sees {count} "
+            f"(cuda:0 to cuda:{count - 1}); pick one of those"
+        )
+    return torch.device("cuda", index)
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def load_model(
     spec: str,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    hf_model: Any = None,
 ) -> tuple[Any, ModelInfo]:
     """Load a model as a ``TransformerBridge`` in eval mode, plus its :class:`ModelInfo`.
 
@@ -177,6 +208,9 @@ def load_model(
         spec: ``zoo:NAME``, a local Hugging Face directory, or a hub name.
         device: where to put it; defaults to CUDA when available, else CPU.
         dtype: ``float32`` (default), ``bfloat16``, ... or a ``torch.dtype``.
+        hf_model: an already-built Hugging Face model of the directory's config (its weights
+            are used instead of loading any; the bench builds large random models this way,
+            directly on the GPU).
 
     Example:
         >>> model, info = load_model("zoo:attn-only-2l")  # doctest: +SKIP
@@ -194,7 +228,7 @@ def load_model(
                 bridge = boot_native_dir(path, device=str(device), dtype=torch_dtype)
             else:
                 bridge = TransformerBridge.boot_transformers(
-                    path, device=str(device), dtype=torch_dtype
+                    path, device=str(device), dtype=torch_dtype, hf_model=hf_model
                 )
     except (OSError, ValueError) as err:
         if Path(path).exists():

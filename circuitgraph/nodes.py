@@ -1,6 +1,6 @@
-"""Node and edge identities, and the ONE mapping from nodes to hook names.
+"""Node and edge identities: ids, enumeration, which source can feed which target.
 
-No other module spells a hook name. Ids follow DESIGN §3: ``input``, ``a3.h5`` (head output
+Hook names live in :mod:`circuitgraph.arch`, never here. Ids follow DESIGN §3: ``input``, ``a3.h5`` (head output
 z), ``a3.h5<q>`` (its query), ``m2`` (MLP output), ``m2.n17`` (one neuron), ``logits``;
 per-position nodes add ``@t`` (``a3.h5<q>@7``). In a grouped-query model a key or value
 node is one KV head and says so: ``a3.kv1<k>``. Edges are ``a0.h1->a3.h5<k>``.
@@ -9,9 +9,12 @@ node is one KV head and says so: ``a3.kv1<k>``. Edges are ``a0.h1->a3.h5<k>``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, overload
+
+import torch
+from torch import Tensor
 
 from circuitgraph.errors import ConfigError
 from circuitgraph.model import ModelInfo
@@ -19,18 +22,16 @@ from circuitgraph.model import ModelInfo
 __all__ = [
     "NODE_KINDS",
     "Edge",
-    "HookSite",
     "Node",
+    "NodeArray",
     "NodeKind",
-    "TargetSite",
     "can_feed",
     "edge_sources",
     "edge_targets",
     "enumerate_nodes",
-    "hook_site",
-    "hooks",
-    "source_hook",
-    "target_site",
+    "fixed",
+    "layers_of",
+    "node_array",
 ]
 
 NodeKind = Literal["input", "head", "q", "k", "v", "mlp", "neuron", "logits"]
@@ -155,158 +156,6 @@ class Edge:
         return cls(Node.parse(src), Node.parse(dst))
 
 
-# --------------------------------------------------------------------------------------
-# Hook names: the only place in the project where they are written down.
-# --------------------------------------------------------------------------------------
-
-
-class hooks:
-    """Hook-point names of a ``TransformerBridge``, by role."""
-
-    embed = "hook_embed"
-
-    @staticmethod
-    def resid_pre(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_pre"
-
-    @staticmethod
-    def resid_mid(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_mid"
-
-    @staticmethod
-    def z(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_z"
-
-    @staticmethod
-    def q(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_q"
-
-    @staticmethod
-    def k(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_k"
-
-    @staticmethod
-    def v(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_v"
-
-    @staticmethod
-    def rot_q(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_rot_q"
-
-    @staticmethod
-    def rot_k(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_rot_k"
-
-    @staticmethod
-    def rot_cos(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_cos"
-
-    @staticmethod
-    def rot_sin(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_sin"
-
-    @staticmethod
-    def pattern(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_pattern"
-
-    @staticmethod
-    def scores(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_attn_scores"
-
-    @staticmethod
-    def attn_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_attn_out"
-
-    @staticmethod
-    def mlp_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_mlp_out"
-
-    @staticmethod
-    def mlp_post(layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_post"
-
-    @staticmethod
-    def ln2_out(layer: int) -> str:
-        return f"blocks.{layer}.ln2.hook_out"
-
-    final_in = "ln_final.hook_in"
-
-
-@dataclass(frozen=True)
-class HookSite:
-    """Where a node lives: a hook name, and the axis that indexes it in the hook's tensor.
-
-    The hook tensor is ``[batch, pos, ...]``; ``head_axis`` (2 for z/q/k/v, None for mlp)
-    or the last axis for neurons is indexed by ``node.index``.
-    """
-
-    name: str
-    index: int | None  # head / KV head at axis 2, or neuron at axis 2; None = whole tensor
-
-
-def hook_site(node: Node) -> HookSite:
-    """The hook that carries a node's activation.
-
-    Example:
-        >>> hook_site(Node("k", 1, 0, grouped=True))
-        HookSite(name='blocks.1.attn.hook_k', index=0)
-    """
-    k, layer = node.kind, node.layer
-    if k == "head":
-        return HookSite(hooks.z(layer), node.index)
-    if k in ("q", "k", "v"):
-        name = {"q": hooks.q, "k": hooks.k, "v": hooks.v}[k](layer)
-        return HookSite(name, node.index)
-    if k == "mlp":
-        return HookSite(hooks.mlp_out(layer), None)
-    if k == "neuron":
-        return HookSite(hooks.mlp_post(layer), node.index)
-    if k == "input":
-        return HookSite(hooks.embed, None)
-    raise ConfigError(f"the {k!r} node has no activation to patch; patch its sources instead")
-
-
-@dataclass(frozen=True)
-class TargetSite:
-    """Where an edge target's input change lands.
-
-    A shift of the residual stream in front of the target's norm (read at ``residual``) is
-    applied at ``name``: a head's q/k/v after its projection (``index``: the head or KV
-    head), an MLP's norm output, or the final residual for the logits (``residual`` None:
-    no norm in between, the shift is added as it is). Going through the target's own norm
-    and projection needs no per-head copy of the residual stream, so every bridge supports it.
-    """
-
-    name: str
-    index: int | None
-    residual: str | None
-
-
-def target_site(node: Node) -> TargetSite:
-    """Where an edge target's input is read and where a change to it is applied.
-
-    Example:
-        >>> target_site(Node("k", 2, 1))
-        TargetSite(name='blocks.2.attn.hook_k', index=1, residual='blocks.2.hook_resid_pre')
-    """
-    if node.kind in ("q", "k", "v"):
-        return TargetSite(hook_site(node).name, node.index, hooks.resid_pre(node.layer))
-    if node.kind == "mlp":
-        return TargetSite(hooks.ln2_out(node.layer), None, hooks.resid_mid(node.layer))
-    if node.kind == "logits":
-        return TargetSite(hooks.final_in, None, None)
-    raise ConfigError(
-        f"expected an edge target (a head's q/k/v input, an MLP or logits) but got {node.id}"
-    )
-
-
-def source_hook(node: Node) -> str:
-    """The hook whose activation gives a source's output (heads: z, times W_O)."""
-    if node.kind in ("input", "head", "mlp"):
-        return hook_site(node).name
-    raise ConfigError(f"expected an edge source (input, a head or an MLP) but got {node.id}")
-
-
 def edge_sources(info: ModelInfo) -> list[Node]:
     """Everything that writes to the residual stream: the embedding, heads, MLPs (in order).
 
@@ -382,16 +231,7 @@ def enumerate_nodes(
         >>> [n.id for n in enumerate_nodes(info, ["k"], layers=[0])]
         ['a0.kv0<k>', 'a0.kv1<k>']
     """
-    kinds = list(kinds)
-    unknown = sorted(set(kinds) - set(NODE_KINDS))
-    if unknown:
-        raise ConfigError(
-            f"expected node kinds among {list(NODE_KINDS)} but got {unknown}; pick from those"
-        )
-    if per_position and seq_len is None:
-        raise ConfigError("per-position nodes need the sequence length (seq_len)")
-    if info.attn_only and ({"mlp", "neuron"} & set(kinds)):
-        kinds = [k for k in kinds if k not in ("mlp", "neuron")]
+    kinds = _checked_kinds(info, kinds, per_position, seq_len)
     out: list[Node] = []
     for layer in layers if layers is not None else range(info.n_layers):
         for kind in kinds:
@@ -412,3 +252,181 @@ def _layer_nodes(info: ModelInfo, kind: str, layer: int) -> list[Node]:
     if kind == "mlp":
         return [Node("mlp", layer)]
     return [Node("neuron", layer, i) for i in range(info.d_mlp)]
+
+
+#: kind codes of :class:`NodeArray`, in topological order within a layer
+_KINDS: tuple[str, ...] = ("q", "k", "v", "head", "mlp", "neuron")
+
+
+class NodeArray(Sequence[Node]):
+    """Many nodes held as dense columns; a :class:`Node` is made only when one is asked for.
+
+    Scoring every MLP neuron of a large model means hundreds of thousands of nodes: as
+    columns (kind, layer, unit — the head or neuron —, position, grouped) they cost a few tensors, and estimators
+    group them into hook sites with tensor operations instead of a Python loop per node.
+    It is a read-only sequence of nodes, equal to any sequence holding the same nodes.
+
+    Example:
+        >>> from circuitgraph.model import ModelInfo
+        >>> info = ModelInfo("m", 1, 2, 2, 8, 4, 3, "LN", False, False, False, 10, 8)
+        >>> a = node_array(info, ["neuron"])
+        >>> len(a), a[1].id, a.locate(Node("neuron", 0, 2))
+        (3, 'm0.n1', 2)
+    """
+
+    def __init__(
+        self, kind: Tensor, layer: Tensor, unit: Tensor, position: Tensor, grouped: Tensor
+    ) -> None:
+        self.kind, self.layer, self.unit = kind, layer, unit
+        self.position, self.grouped = position, grouped
+
+    def __len__(self) -> int:
+        return int(self.kind.numel())
+
+    @overload
+    def __getitem__(self, i: int) -> Node: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> NodeArray: ...
+
+    def __getitem__(self, i: int | slice) -> Node | NodeArray:
+        if isinstance(i, slice):
+            cols = (self.kind, self.layer, self.unit, self.position, self.grouped)
+            return NodeArray(*(c[i] for c in cols))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"node {i} of {len(self)}")
+        unit, position = int(self.unit[i]), int(self.position[i])
+        return Node(
+            _KINDS[int(self.kind[i])],  # type: ignore[arg-type]
+            int(self.layer[i]),
+            None if unit < 0 else unit,
+            None if position < 0 else position,
+            bool(self.grouped[i]),
+        )
+
+    def __iter__(self) -> Iterator[Node]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"NodeArray({len(self)} nodes)"
+
+    @property
+    def has_positions(self) -> bool:
+        """Whether any node is restricted to one token position."""
+        return bool((self.position >= 0).any())
+
+    def locate(self, node: Node) -> int:
+        """The position of ``node`` in this array (KeyError when absent)."""
+        if node.kind not in _KINDS:
+            raise KeyError(node)
+        hit = (
+            (self.kind == _KINDS.index(node.kind))
+            & (self.layer == node.layer)
+            & (self.unit == (-1 if node.index is None else node.index))
+            & (self.position == (-1 if node.position is None else node.position))
+            & (self.grouped == node.grouped)
+        ).nonzero()
+        if not len(hit):
+            raise KeyError(node)
+        return int(hit[0, 0])
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node]) -> NodeArray:
+        """The columns of a sequence of nodes (screened kinds only)."""
+        if isinstance(nodes, NodeArray):
+            return nodes
+
+        def col(values: list[Any], dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.tensor(values, dtype=dtype)
+
+        return cls(
+            col([_KINDS.index(n.kind) for n in nodes]),
+            col([n.layer for n in nodes]),
+            col([-1 if n.index is None else n.index for n in nodes]),
+            col([-1 if n.position is None else n.position for n in nodes]),
+            col([n.grouped for n in nodes], torch.bool),
+        )
+
+
+def node_array(
+    info: ModelInfo,
+    kinds: Iterable[str] = ("head", "mlp"),
+    per_position: bool = False,
+    seq_len: int | None = None,
+    layers: Sequence[int] | None = None,
+) -> NodeArray:
+    """:func:`enumerate_nodes` as a :class:`NodeArray`: the same nodes in the same order,
+    made without a Python object per node.
+
+    Example:
+        >>> from circuitgraph.model import ModelInfo
+        >>> info = ModelInfo("m", 2, 4, 2, 32, 8, 64, "RMS", True, True, False, 50, 32)
+        >>> list(node_array(info, ["k", "mlp"])) == enumerate_nodes(info, ["k", "mlp"])
+        True
+    """
+    chosen = _checked_kinds(info, kinds, per_position, seq_len)
+    width = {"head": info.n_heads, "q": info.n_heads, "k": info.n_kv_heads,
+             "v": info.n_kv_heads, "mlp": 1, "neuron": info.d_mlp}  # fmt: skip
+    parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for layer in layers if layers is not None else range(info.n_layers):
+        for kind in sorted(set(chosen), key=_KINDS.index):
+            n = width[kind]
+            grouped = kind in ("k", "v") and info.grouped_query
+            parts.append((
+                torch.full((n,), _KINDS.index(kind)),
+                torch.full((n,), layer),
+                torch.full((n,), -1) if kind == "mlp" else torch.arange(n),
+                torch.full((n,), grouped, dtype=torch.bool),
+            ))  # fmt: skip
+    if not parts:
+        none = torch.zeros(0, dtype=torch.long)
+        return NodeArray(none, none, none, none, none.bool())
+    cols = [torch.cat(c) for c in zip(*parts, strict=True)]
+    position = torch.full_like(cols[0], -1)
+    if per_position:
+        assert seq_len is not None
+        position = torch.arange(seq_len).repeat(len(position))
+        cols = [c.repeat_interleave(seq_len) for c in cols]
+    return NodeArray(cols[0], cols[1], cols[2], position, cols[3])
+
+
+def _checked_kinds(
+    info: ModelInfo, kinds: Iterable[str], per_position: bool, seq_len: int | None
+) -> list[str]:
+    kinds = list(kinds)
+    unknown = sorted(set(kinds) - set(NODE_KINDS))
+    if unknown:
+        raise ConfigError(
+            f"expected node kinds among {list(NODE_KINDS)} but got {unknown}; pick from those"
+        )
+    if per_position and seq_len is None:
+        raise ConfigError("per-position nodes need the sequence length (seq_len)")
+    if info.attn_only and ({"mlp", "neuron"} & set(kinds)):
+        kinds = [k for k in kinds if k not in ("mlp", "neuron")]
+    return kinds
+
+
+def fixed(nodes: Sequence[Node]) -> Sequence[Node]:
+    """An immutable sequence of the nodes: a :class:`NodeArray` as it is, else a tuple."""
+    return nodes if isinstance(nodes, NodeArray) else tuple(nodes)
+
+
+def layers_of(nodes: Sequence[Node]) -> Tensor:
+    """Each node's layer as a tensor (no Python object per node for a :class:`NodeArray`).
+
+    Example:
+        >>> layers_of([Node("head", 1, 0), Node("mlp", 3)]).tolist()
+        [1, 3]
+    """
+    if isinstance(nodes, NodeArray):
+        return nodes.layer
+    return torch.tensor([n.layer for n in nodes], dtype=torch.long)

@@ -16,8 +16,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitgraph.errors import ConfigError
-from circuitgraph.nodes import Edge, Node
+from circuitgraph.errors import ConfigError, DataError
+from circuitgraph.nodes import Edge, Node, NodeArray
 
 __all__ = ["EdgeScores", "NodeScores"]
 
@@ -37,7 +37,7 @@ class NodeScores:
         ['a0.h0']
     """
 
-    nodes: tuple[Node, ...]
+    nodes: Sequence[Node]  # a tuple, or a NodeArray (no Python object per node)
     signed: Float[Tensor, " n"]
     score: Float[Tensor, " n"]
     method: str
@@ -61,28 +61,37 @@ class NodeScores:
     def index(self) -> dict[Node, int]:
         return {n: i for i, n in enumerate(self.nodes)}
 
-    def __getitem__(self, node: Node | str) -> tuple[float, float]:
-        """(signed, absolute) score of one node."""
+    def locate(self, node: Node | str) -> int:
+        """The position of a node in ``nodes`` (a one-sentence error when it has no score)."""
         key = Node.parse(node) if isinstance(node, str) else node
         try:
-            i = self.index[key]
+            if isinstance(self.nodes, NodeArray):  # no per-node dictionary at neuron scale
+                return self.nodes.locate(key)
+            return self.index[key]
         except KeyError:
             raise ConfigError(f"node {key.id} has no score in this result") from None
+
+    def __getitem__(self, node: Node | str) -> tuple[float, float]:
+        """(signed, absolute) score of one node."""
+        i = self.locate(node)
         return float(self.signed[i]), float(self.score[i])
+
+    def order(self) -> Tensor:
+        """Positions of the nodes, highest absolute score first (ties keep the given order)."""
+        return torch.sort(-self.score.double(), stable=True).indices
 
     def ranking(self) -> list[Node]:
         """All nodes, highest absolute score first (ties keep the given order)."""
-        order = torch.sort(-self.score.double(), stable=True).indices.tolist()
-        return [self.nodes[i] for i in order]
+        return [self.nodes[i] for i in self.order().tolist()]
 
     def top_k(self, k: int) -> list[Node]:
-        return self.ranking()[: max(k, 0)]
+        return [self.nodes[i] for i in self.order()[: max(k, 0)].tolist()]
 
     def threshold(self, t: float) -> list[Node]:
-        return self.ranking()[: int((self.score >= t).sum())]
+        return self.top_k(int((self.score >= t).sum()))
 
     def subset(self, nodes: Sequence[Node]) -> NodeScores:
-        idx = torch.tensor([self.index[n] for n in nodes], dtype=torch.long)
+        idx = torch.tensor([self.locate(n) for n in nodes], dtype=torch.long)
         return NodeScores(
             tuple(nodes), self.signed[idx], self.score[idx], self.method, self.metric,
             self.n_pairs, self.forward_passes, self.backward_passes, dict(self.meta),
@@ -107,6 +116,7 @@ class NodeScores:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeScores:
+        _check_schema(data, "circuitgraph.node_scores/1", "node scores (nodes.json)")
         rows = data["nodes"]
         return cls(
             nodes=tuple(Node.parse(r["id"]) for r in rows),
@@ -220,6 +230,7 @@ class EdgeScores:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EdgeScores:
+        _check_schema(data, "circuitgraph.edge_scores/1", "edge scores (edges.json)")
         sources = tuple(Node.parse(s) for s in data["sources"])
         targets = tuple(Node.parse(t) for t in data["targets"])
         si = {n: i for i, n in enumerate(sources)}
@@ -246,3 +257,12 @@ class EdgeScores:
             signed, score = self[e]
             g.add_edge(e.src.id, e.dst.id, signed=signed, score=score)
         return g
+
+
+def _check_schema(data: Any, schema: str, what: str) -> None:
+    got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+    if got != schema:
+        raise DataError(
+            f"expected {what} with schema {schema!r} but got {got!r}; pass a file that "
+            "circuitgraph wrote"
+        )

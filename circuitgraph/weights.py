@@ -1,13 +1,13 @@
-"""The model's weights that edge methods read, fetched once per call.
+"""How sources write to and targets read the residual stream, from the model's weights.
 
-Edge attribution pushes a source's output and a target's gradient through the attention
-projections and norms; these are the only places such weights are read.
+Edge patching and edge attribution push a source's output and a target's gradient through
+the attention projections and norms; these are the only places such weights are read.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["AttnWeights", "attn_weights", "norm_module", "norm_vjp"]
+from circuitgraph.arch import hooks, source_hook
+from circuitgraph.nodes import Node
+
+__all__ = [
+    "AttnWeights",
+    "attn_weights",
+    "norm_module",
+    "norm_vjp",
+    "shift_target",
+    "source_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -159,3 +169,49 @@ def _wide(t: Tensor) -> Tensor:
 
 def _eps(norm: Any) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0)))
+
+
+def source_outputs(
+    acts: dict[str, Tensor], sources: Sequence[Node], weights: AttnWeights
+) -> Float[Tensor, "b t s d"]:
+    """Each source's write to the residual stream: embedding, z_h · W_O[h], MLP output.
+
+    Example:
+        >>> outs = source_outputs(captured, [Node("input"), Node("head", 0, 1)], w)  # doctest: +SKIP
+    """
+    per_layer: dict[int, Tensor] = {}
+    cols = []
+    for node in sources:
+        if node.kind == "head":
+            if node.layer not in per_layer:
+                z = acts[hooks.z(node.layer)]
+                per_layer[node.layer] = torch.einsum("bthe,hed->bthd", z, weights.W_O[node.layer])
+            cols.append(per_layer[node.layer][:, :, node.index])
+        else:
+            cols.append(acts[source_hook(node)])
+    return torch.stack(cols, dim=2)
+
+
+def shift_target(
+    model: Any,
+    weights: AttnWeights,
+    target: Node,
+    x: Float[Tensor, "n b t d"] | None,
+    shift: Float[Tensor, "n b t d"],
+) -> Tensor:
+    """The change at ``target_site(target)`` when the target's residual input x moves by shift.
+
+    q/k/v: (N(x + shift) − N(x)) W[head] with N the head's norm; MLP: N(x + shift) − N(x);
+    logits: the shift itself (the final norm comes after the site).
+    """
+    if target.kind == "logits":
+        return shift
+    assert x is not None
+    norm = norm_module(model, target.kind, target.layer)
+    n, b, t, d = shift.shape
+    moved = norm((x + shift).reshape(n * b, t, d)) - norm(x.reshape(n * b, t, d))
+    moved = moved.view(n, b, t, d)
+    if target.kind == "mlp":
+        return moved
+    w = weights.w_in(target.kind, target.layer)[target.index]  # [d_model, d_head]
+    return moved @ w.to(moved.dtype)

@@ -13,7 +13,7 @@ from circuitgraph.errors import CircuitGraphError, ConfigError
 
 from . import common
 from .common import DEFAULT_MODEL, Output, dumps, out_dir, user_errors, write
-from .report import manifest, report_md
+from .report import manifest
 
 app = typer.Typer(
     name="circuitgraph",
@@ -91,7 +91,7 @@ def discover(
     json: Json = False,
 ) -> None:
     """Run the whole pipeline and write circuit.json, .dot, .svg/.png, CSVs and a report."""
-    from circuitgraph.discover import DiscoverConfig, discover_circuit
+    from circuitgraph.pipeline import DiscoverConfig, discover_circuit
 
     show = Output(quiet, json)
     with user_errors():
@@ -132,17 +132,19 @@ def _write_discovery(
     folder: Path, found: Any, model: str, source: str, config: dict[str, Any], show: Output
 ) -> list[str]:
     from circuitgraph import export
+    from circuitgraph.graph import circuit_edges
 
+    if not common.lead():  # under torchrun every rank holds the same results; rank 0 writes
+        return []
     exact = {r["node"]: r["true"] for r in found.verification.rows()} if found.verification else {}
-    in_circuit = {
-        f"{u}->{v}" for u, v, d in found.circuit.edges(data=True) if not d.get("internal")
-    }
+    in_circuit = {e.id for e in circuit_edges(found.circuit)}
     files = {
         "circuit.json": dumps(export.to_json(found.circuit)),
         "circuit.dot": export.to_dot(found.circuit).source,
         "nodes.csv": common.node_csv(found.node_scores, exact),
         "edges.csv": common.edge_csv(found.edge_scores, in_circuit),
-        "report.md": report_md(found, model, source),
+        "edges.json": dumps(found.edge_scores.to_json()),
+        "report.md": found.report,
         "manifest.json": dumps(manifest(model, source, config)),
     }
     for name, text in files.items():
@@ -238,8 +240,7 @@ def edges(
     json: Json = False,
 ) -> None:
     """Score edges (all, or among the top screened nodes); write edges.json and edges.csv."""
-    from circuitgraph.attribution import attribute_nodes
-    from circuitgraph.attribution.edges import attribute_edges, edge_candidates
+    from circuitgraph.attribution import attribute_edges, attribute_nodes, edge_candidates
 
     show = Output(quiet, json)
     with user_errors():
@@ -277,7 +278,9 @@ def edges(
 
 @app.command()
 def verify(
-    circuit: Annotated[Path, typer.Argument(help="A circuit.json written by discover.")],
+    circuit: Annotated[
+        Path, typer.Argument(help="A circuit: circuit.json from discover, or an EAP-IG/MIB JSON.")
+    ],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Default: the circuit's model.")
     ] = None,
@@ -296,13 +299,13 @@ def verify(
     json: Json = False,
 ) -> None:
     """Exact checks of a circuit: faithfulness and each edge's exact effect; writes verify.json."""
-    from circuitgraph.discover import circuit_edges
-    from circuitgraph.export import read_json
+    from circuitgraph.export import read
+    from circuitgraph.graph import circuit_edges
     from circuitgraph.patching import evaluate_circuit, patch_edges
 
     show = Output(quiet, json)
     with user_errors():
-        g = read_json(circuit)
+        g = read(circuit)
         model = model or _from_graph(g, "model", "--model")
         metric = metric or str(g.graph.get("metric", "logit_diff"))
         if data is None and task is None:
@@ -394,39 +397,42 @@ def diagnose(
         )
 
 
-EXPORT_FORMATS = ("svg", "png", "pdf", "dot", "json", "node-link", "graphml", "mib")
-
-
 @app.command("export")
 def export_circuit(
-    circuit: Annotated[Path, typer.Argument(help="A circuit.json written by discover.")],
+    circuit: Annotated[
+        Path, typer.Argument(help="A circuit: circuit.json from discover, or an EAP-IG/MIB JSON.")
+    ],
     format: Annotated[
-        str, typer.Option("--format", "-f", help=f"One of: {', '.join(EXPORT_FORMATS)}.")
+        str,
+        typer.Option("--format", "-f", help="svg, png, pdf, dot, json, node-link, graphml or mib."),
     ] = "svg",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output file (default: next to the input).")
     ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="edges.json from discover/edges: MIB export then scores every edge."),
+    ] = None,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Convert a circuit.json to another format."""
+    """Convert a circuit (ours or MIB JSON) to another format."""
     from circuitgraph import export
+    from circuitgraph.export.files import load_json
+    from circuitgraph.scores import EdgeScores
 
     show = Output(quiet, json)
     with user_errors():
-        if format not in EXPORT_FORMATS:
-            raise ConfigError(f"expected --format among {list(EXPORT_FORMATS)} but got {format!r}")
-        g = export.read_json(circuit)
-        suffix = {"node-link": ".node-link.json", "mib": ".mib.json"}.get(format, f".{format}")
-        target = out or circuit.with_name(circuit.name.removesuffix(".json") + suffix)
-        writers = {
-            "dot": export.write_dot, "json": export.write_json, "node-link": export.write_node_link,
-            "graphml": export.write_graphml, "mib": export.write_mib,
-        }  # fmt: skip
-        if format in writers:
-            writers[format](g, target)
-        else:
-            export.render(g, target, format=format)
+        export.format_of(circuit, format)  # an unknown format fails before anything is read
+        g = export.read(circuit)
+        stem = circuit.name.removesuffix(".json").removesuffix(".mib")
+        target = out or circuit.with_name(stem + export.SUFFIX[format])
+        extra: dict[str, Any] = {}
+        if scores is not None:
+            if format != "mib":
+                raise ConfigError(f"expected --scores only with --format mib but got {format!r}")
+            extra["scores"] = EdgeScores.from_json(load_json(scores, "edge scores"))
+        export.write(g, target, format, **extra)
         show.result({"out": str(target), "format": format}, f"-> {target}")
 
 
@@ -488,7 +494,8 @@ def bench(
     with user_errors():
         if threads < 1:
             raise ConfigError(f"expected --threads of at least 1 but got {threads}")
-        on_gpu = resolve_device(device).type != "cpu"
+        device = str(resolve_device(device))  # "cuda" -> "cuda:0": every part sees one GPU
+        on_gpu = device != "cpu"
         config = BenchConfig.gpu(device) if on_gpu and not quick else BenchConfig()
         if quick:
             config = replace(BenchConfig.quick(), device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,17 +24,22 @@ DEFAULT_TASK = "induction"
 
 @dataclass(frozen=True)
 class Output:
-    """How a command talks: progress bars and a summary, or nothing but JSON."""
+    """How a command talks: progress bars and a summary, or nothing but JSON.
+
+    Under ``torchrun`` only the lead process (rank 0) talks.
+    """
 
     quiet: bool = False
     as_json: bool = False
 
     def say(self, text: str) -> None:
-        if not (self.quiet or self.as_json):
+        if not (self.quiet or self.as_json) and lead():
             typer.echo(text)
 
     def result(self, summary: dict[str, Any], text: str) -> None:
         """The command's closing summary: one JSON object with --json, else the text."""
+        if not lead():
+            return
         if self.as_json:
             typer.echo(json.dumps(summary, indent=1, default=str))
         elif not self.quiet:
@@ -42,7 +48,7 @@ class Output:
     @contextmanager
     def stages(self) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         """A progress bar per stage on stderr (none with --quiet/--json or off a terminal)."""
-        if self.quiet or self.as_json or not sys.stderr.isatty():
+        if self.quiet or self.as_json or not sys.stderr.isatty() or not lead():
             yield lambda name, total: lambda done: None
             return
         from rich.console import Console
@@ -82,23 +88,49 @@ def check_names(
 ) -> None:
     """Refuse an unknown metric or method before any model is loaded."""
     from circuitgraph.attribution import get_estimator
-    from circuitgraph.attribution.edges import EDGE_ESTIMATORS
     from circuitgraph.tasks.metrics import get_metric
 
     if metric is not None:
         get_metric(metric)
     if node_method is not None:
-        get_estimator(node_method)
-    if edge_method is not None and edge_method not in EDGE_ESTIMATORS:
-        raise ConfigError(
-            f"expected an edge method among {sorted(EDGE_ESTIMATORS)} but got {edge_method!r}"
-        )
+        get_estimator(node_method, "node")
+    if edge_method is not None:
+        get_estimator(edge_method, "edge")
+
+
+def lead() -> bool:
+    """Whether this process writes files and prints: always, except under ``torchrun``,
+    where only rank 0 does (every rank computes the same results)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load(model_spec: str, device: str | None, dtype: str | None) -> tuple[Any, Any]:
+    """Load the model; under ``torchrun`` first join the process group, each process on its
+    own GPU (``cuda:LOCAL_RANK``) with NCCL, or on the CPU with gloo."""
     from circuitgraph.model import load_model
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = _join_process_group(device)
     return load_model(model_spec, device=device, dtype=dtype)
+
+
+def _join_process_group(device: str | None) -> str:
+    import atexit
+
+    import torch
+    import torch.distributed as dist
+
+    from circuitgraph.model import resolve_device
+
+    gpu = resolve_device(device).type == "cuda"
+    if gpu and (device is None or device == "cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if gpu:
+        torch.cuda.set_device(torch.device(str(device)))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo")
+        atexit.register(dist.destroy_process_group)
+    return str(resolve_device(device))
 
 
 def load_data(
@@ -121,7 +153,10 @@ def load_data(
 
 
 def out_dir(path: Path) -> Path:
-    """Create the output directory, or say in one line why it cannot be used."""
+    """Create the output directory, or say in one line why it cannot be used (the lead
+    process only, under ``torchrun``)."""
+    if not lead():
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".circuitgraph-write-test"
@@ -136,6 +171,9 @@ def out_dir(path: Path) -> Path:
 
 
 def write(path: Path, data: str | bytes) -> Path:
+    """Write one output file atomically (the lead process only, under ``torchrun``)."""
+    if not lead():
+        return path
     from circuitgraph.export import atomic_write
 
     return atomic_write(path, data)

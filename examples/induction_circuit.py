@@ -11,8 +11,8 @@ among them and draws the circuit.
 
 from walkthrough import main
 
-from circuitgraph.discover import DiscoverConfig
+import circuitgraph as cg
 
 if __name__ == "__main__":
-    config = DiscoverConfig(keep_nodes=12, edge_top_n=12, verify_k=8, diagnose_subsets=50)
+    config = cg.DiscoverConfig(keep_nodes=12, edge_top_n=12, verify_k=8, diagnose_subsets=50)
     main(__doc__, "zoo:attn-only-2l", "induction", config)

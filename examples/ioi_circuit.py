@@ -11,8 +11,8 @@ ones exactly, attributes edges among them and draws the circuit.
 
 from walkthrough import main
 
-from circuitgraph.discover import DiscoverConfig
+import circuitgraph as cg
 
 if __name__ == "__main__":
-    config = DiscoverConfig(keep_nodes=16, edge_top_n=16, verify_k=10, diagnose_subsets=50)
+    config = cg.DiscoverConfig(keep_nodes=16, edge_top_n=16, verify_k=10, diagnose_subsets=50)
     main(__doc__, "zoo:gpt2-4l", "ioi", config)

@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circuitgraph import load_model
-from circuitgraph.discover import DiscoverConfig, discover_circuit
-from circuitgraph.errors import ExportError
-from circuitgraph.export import render, write_json
-from circuitgraph.tasks import make_pairs
+import circuitgraph as cg
 
 
-def main(doc: str, model_spec: str, task: str, config: DiscoverConfig) -> None:
+def main(doc: str, model_spec: str, task: str, config: cg.DiscoverConfig) -> None:
     """Parse ``--out``/``--n-pairs``, run the pipeline, print the circuit, write JSON and PNG."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("examples/out"))
@@ -20,9 +16,9 @@ def main(doc: str, model_spec: str, task: str, config: DiscoverConfig) -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    model, _ = load_model(model_spec)
-    pairs = make_pairs(task, model.tokenizer, args.n_pairs, seed=0)
-    found = discover_circuit(model, pairs, config, attrs={"model": model_spec, "task": task})
+    model, _ = cg.load_model(model_spec)
+    pairs = cg.make_pairs(task, model.tokenizer, args.n_pairs, seed=0)
+    found = cg.discover(model, pairs, config, attrs={"model": model_spec, "task": task})
 
     print(found.verification.table() if found.verification else "")
     g = found.circuit.graph
@@ -33,9 +29,9 @@ def main(doc: str, model_spec: str, task: str, config: DiscoverConfig) -> None:
         if not d.get("internal"):
             exact = d.get("exact", float("nan"))
             print(f"  {u + '->' + v:<24} estimate {d['signed']:+8.3f}  exact {exact:+8.3f}")
-    write_json(found.circuit, args.out / f"{task}.json")
+    cg.write(found.circuit, args.out / f"{task}.json")
     try:
-        render(found.circuit, args.out / f"{task}.png", format="png")
+        cg.write(found.circuit, args.out / f"{task}.png")
         print(f"picture: {args.out / f'{task}.png'}")
-    except ExportError as err:
+    except cg.ExportError as err:
         print(err)

@@ -77,3 +77,46 @@ def test_require_eval_refuses_train_mode():
 
     with pytest.raises(ModelStateError, match="eval mode"):
         require_eval(torch.nn.Linear(2, 2).train())
+
+
+# ---- devices: the resolution logic, exercised here without a GPU --------------------------
+
+
+class _FakeCuda:
+    """torch.cuda as a machine with ``count`` GPUs would report it."""
+
+    def __init__(self, count: int, current: int = 0) -> None:
+        self.count, self.current = count, current
+
+    def patch(self, monkeypatch) -> None:
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: self.count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+
+
+def test_devices_resolve_the_same_way_everywhere(monkeypatch):
+    import torch
+
+    from circuitgraph.errors import ConfigError
+    from circuitgraph.model import resolve_device
+
+    _FakeCuda(2, current=1).patch(monkeypatch)
+    assert resolve_device("cuda") == torch.device("cuda", 1)  # the process's current GPU
+    assert resolve_device(None) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == resolve_device(torch.device("cuda", 0))
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"GPU 2 but torch sees 2 \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
+    _FakeCuda(0).patch(monkeypatch)
+    assert resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="such as 'cpu', 'cuda'"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="Metal"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")

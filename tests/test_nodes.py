@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from circuitgraph.arch import hook_site
 from circuitgraph.errors import ConfigError
-from circuitgraph.nodes import Edge, Node, enumerate_nodes, hook_site
+from circuitgraph.nodes import Edge, Node, enumerate_nodes
 
 
 @st.composite
@@ -76,3 +77,37 @@ def test_every_screened_node_has_a_hook_the_model_has(tiny):
     model, info = tiny
     for node in enumerate_nodes(info, ["head", "q", "k", "v", "mlp", "neuron"]):
         assert hook_site(node).name in model.hook_dict, node.id
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_node_array_is_enumerate_nodes_without_objects(per_position):
+    from circuitgraph.model import ModelInfo
+    from circuitgraph.nodes import NodeArray, node_array
+
+    info = ModelInfo("m", 3, 4, 2, 32, 8, 5, "RMS", True, True, False, 50, 32)
+    kinds = ["neuron", "k", "head", "mlp", "q", "v"]
+    t = 3 if per_position else None
+    arr = node_array(info, kinds, per_position, t)
+    listed = enumerate_nodes(info, kinds, per_position, t)
+    assert arr == listed and listed == list(arr) and len(arr) == len(listed)
+    assert arr[-1] == listed[-1] and list(arr[2:5]) == listed[2:5]
+    assert all(arr.locate(listed[i]) == i for i in range(0, len(listed), 7))
+    assert NodeArray.of(listed) == arr and arr.has_positions == per_position
+    with pytest.raises(KeyError):
+        arr.locate(Node("neuron", 0, 99))
+
+
+def test_neuron_scores_need_no_object_per_node(tiny_gpt2):
+    """attribute_nodes keeps neurons as columns: the scores hold a NodeArray, and ranking,
+    lookup and the top nodes work on it."""
+    from circuitgraph.attribution import attribute_nodes
+    from circuitgraph.nodes import NodeArray
+
+    from .conftest import random_pairs
+
+    model, info = tiny_gpt2
+    scores = attribute_nodes(model, random_pairs(3), method="atp*", kinds=["neuron"])
+    assert isinstance(scores.nodes, NodeArray) and len(scores) == info.n_layers * info.d_mlp
+    best = scores.top_k(3)
+    assert scores[best[0]][1] == float(scores.score.max())
+    assert scores.ranking()[:3] == best

@@ -1,12 +1,17 @@
-"""Node attribution: AtP and AtP* screening, exact patching, baselines, verification, diagnostics.
+"""Attribution: node screening (AtP, AtP*, baselines), edge attribution (EAP, EAP-IG, edge
+AtP*), exact patching behind the same contract, verification and diagnostics.
 
-Every estimator has one signature and is looked up by name (no if/elif on strings)::
+Every estimator has one signature and is looked up by name in a registry (no if/elif on
+strings); :func:`attribute_nodes` and :func:`attribute_edges` resolve the metric and the
+options once and hand them over::
 
-    estimator(model, pairs, nodes, metric, *, batch_size, mode, progress, **options) -> NodeScores
+    node estimator(model, pairs, nodes, metric, opts, **options) -> NodeScores
+    edge estimator(model, pairs, candidates, metric, opts, **options) -> EdgeScores
 
-Methods: ``atp``, ``atp+qkfix``, ``atp+graddrop``, ``atp*``, ``atp*-mean`` (GradDrop after
+Node methods: ``atp``, ``atp+qkfix``, ``atp+graddrop``, ``atp*``, ``atp*-mean`` (GradDrop after
 the mean over pairs), ``atp-ig`` (integrated gradients per hook site), ``exact`` and the
-baselines ``subsampling``, ``blocks``, ``random``.
+baselines ``subsampling``, ``blocks``, ``random``. Edge methods: ``eap``, ``eap-ig``, ``atp*``,
+``exact``.
 """
 
 from __future__ import annotations
@@ -15,35 +20,63 @@ from collections.abc import Sequence
 from typing import Any
 
 from circuitgraph.attribution import (  # noqa: F401  (they register methods)
+    atp,
     atp_ig,
     baselines,
+    edges,
     edges_star,
+    exact,
     graddrop_mean,
 )
-from circuitgraph.attribution.atp import ESTIMATORS, Estimator, get_estimator, register
+from circuitgraph.attribution.candidates import EdgeSet, edge_candidates
 from circuitgraph.attribution.diagnostics import Diagnosis, diagnose
+from circuitgraph.attribution.registry import (
+    EDGE_ESTIMATORS,
+    ESTIMATORS,
+    Estimator,
+    Level,
+    lookup,
+    method_names,
+    register,
+)
 from circuitgraph.attribution.sequential import diagnose_until
 from circuitgraph.attribution.verify import Verification, verify_auto, verify_nodes
-from circuitgraph.model import model_info
-from circuitgraph.nodes import Node, enumerate_nodes
-from circuitgraph.patching import Progress
-from circuitgraph.scores import NodeScores
+from circuitgraph.errors import ModelStateError
+from circuitgraph.model import ModelInfo, model_info
+from circuitgraph.nodes import Node, fixed, node_array
+from circuitgraph.run import Progress, resolve
+from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.metrics import Metric, check_finite
 from circuitgraph.tasks.pairs import PromptPairs
 
 __all__ = [
+    "EDGE_ESTIMATORS",
     "ESTIMATORS",
     "Diagnosis",
+    "EdgeSet",
     "Estimator",
     "Verification",
+    "attribute_edges",
     "attribute_nodes",
     "diagnose",
     "diagnose_until",
+    "edge_candidates",
     "get_estimator",
+    "method_names",
     "register",
     "verify_auto",
     "verify_nodes",
 ]
+
+
+def get_estimator(name: str, level: Level = "node") -> Estimator:
+    """The node (or, with ``level="edge"``, edge) estimator registered as ``name``.
+
+    Example:
+        >>> get_estimator("atp*").__name__, get_estimator("eap", "edge").__name__
+        ('atp_star', 'eap')
+    """
+    return lookup(name, level)
 
 
 def attribute_nodes(
@@ -62,7 +95,7 @@ def attribute_nodes(
     """Score every node of the given kinds (or the given ``nodes``) with one method.
 
     Args:
-        method: a name from :data:`ESTIMATORS` (``atp*`` by default).
+        method: a node method name (:func:`method_names`; ``atp*`` by default).
         kinds: node kinds to enumerate (ignored when ``nodes`` is given).
         per_position: one node per token position.
         mode: ``noising`` (patch noise into the clean run) or ``denoising``.
@@ -72,7 +105,7 @@ def attribute_nodes(
 
     Returns:
         :class:`NodeScores` with ``signed`` = E Î and ``score`` what the method ranks by
-        (``meta["ranks_by"]``); pass counts are per prompt pair.
+        (``meta["ranked_by"]``); pass counts are per prompt pair.
 
     Example:
         >>> scores = attribute_nodes(model, pairs, "logit_diff", method="atp*")  # doctest: +SKIP
@@ -80,12 +113,51 @@ def attribute_nodes(
         ['a1.h2', 'm0', 'a0.h3<k>']
     """
     estimator = get_estimator(method)
+    pairs, resolved, opts = resolve(model, pairs, metric, batch_size, mode, progress)
     if nodes is None:
         seq_len = pairs.seq_len if per_position else None
-        nodes = enumerate_nodes(model_info(model), kinds, per_position, seq_len)
-    scores: NodeScores = estimator(
-        model, pairs, list(nodes), metric,
-        batch_size=batch_size, mode=mode, progress=progress, **options,
-    )  # fmt: skip
+        nodes = node_array(model_info(model), kinds, per_position, seq_len)
+    scores: NodeScores = estimator(model, pairs, fixed(nodes), resolved, opts, **options)
     check_finite(scores.score, f"the {method} node scores")
     return scores
+
+
+def attribute_edges(
+    model: Any,
+    pairs: PromptPairs,
+    metric: str | Metric = "logit_diff",
+    method: str = "eap",
+    candidates: EdgeSet | None = None,
+    batch_size: int = 32,
+    mode: str = "noising",
+    progress: Progress | None = None,
+    **options: Any,
+) -> EdgeScores:
+    """Score every candidate edge (all edges by default) with one method.
+
+    Args:
+        method: an edge method name (``eap``, ``eap-ig``, ``atp*``, ``exact``).
+        candidates: the edges to score, e.g. :func:`edge_candidates` among screened nodes.
+        options: passed to the estimator (e.g. ``steps`` for ``eap-ig``).
+
+    Example:
+        >>> scores = attribute_edges(model, pairs, "logit_diff", method="eap")  # doctest: +SKIP
+        >>> [e.id for e in scores.top_k(3)]  # doctest: +SKIP
+    """
+    estimator = get_estimator(method, "edge")
+    pairs, resolved, opts = resolve(model, pairs, metric, batch_size, mode, progress)
+    info = model_info(model)
+    _check_sequential(info)
+    cands = candidates if candidates is not None else EdgeSet.full(info)
+    scores: EdgeScores = estimator(model, pairs, cands, resolved, opts, **options)
+    check_finite(scores.signed, f"the {method} edge scores")
+    return scores
+
+
+def _check_sequential(info: ModelInfo) -> None:
+    if info.parallel_blocks:
+        raise ModelStateError(
+            "edge attribution needs sequential blocks (attention, then MLP, each adding to the "
+            "residual stream) but this model computes attention and MLP in parallel; use node "
+            "attribution for it"
+        )

@@ -26,20 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitgraph.attribution.atp import (
-    _check_inputs,
-    build_sites,
-    dot_effects,
-    gather,
-    register,
-)
+from circuitgraph.attribution.atp import _check_nodes
+from circuitgraph.attribution.registry import register
+from circuitgraph.attribution.sites import Site, build_sites, dot_effects, gather
 from circuitgraph.errors import ConfigError
-from circuitgraph.hooking import attached
-from circuitgraph.model import require_eval
-from circuitgraph.nodes import Node
-from circuitgraph.patching import Progress
+from circuitgraph.nodes import Node, fixed
+from circuitgraph.run import RunOptions, attached, clean_reference, keep, model_device, run_metric
 from circuitgraph.scores import NodeScores
-from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric, widen
+from circuitgraph.tasks.metrics import Metric, answer_logits
 from circuitgraph.tasks.pairs import PromptPairs
 
 __all__ = ["atp_ig"]
@@ -50,52 +44,43 @@ def atp_ig(
     model: Any,
     pairs: PromptPairs,
     nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
-    *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
+    metric: Metric,
+    opts: RunOptions,
     steps: int = 5,
 ) -> NodeScores:
     """AtP with the gradient averaged over ``steps`` points of each site's clean → corrupt path.
 
     Example:
-        >>> s = atp_ig(model, pairs, nodes, steps=5)  # doctest: +SKIP
         >>> from circuitgraph.attribution import get_estimator
         >>> get_estimator("atp-ig").__name__
         'atp_ig'
     """
-    if steps < 1:
+    if isinstance(steps, bool) or int(steps) < 1:
         raise ConfigError(f"expected at least one integration step but got {steps}")
-    require_eval(model)
-    metric = get_metric(metric)
-    nodes = list(nodes)
-    _check_inputs(pairs, nodes, mode)
-    device = next(iter(model.parameters())).device
-    pairs = pairs.to(device)
-    sites = build_sites(nodes, False, device)
+    nodes = fixed(nodes)
+    _check_nodes(nodes)
+    sites = build_sites(nodes, False, model_device(model))
     signed = torch.zeros(len(nodes), dtype=torch.float64)
-    for batch in pairs.batches(batch_size):
-        work = batch if mode == "noising" else batch.swapped()
+    for batch in opts.batches(pairs):
+        work = batch if opts.mode == "noising" else batch.swapped()
         signed += _batch(model, work, metric, sites, len(nodes), steps).sum(0).double().cpu()
-        if progress is not None:
-            progress(len(batch))
-    signed /= len(pairs)
+        opts.advance(len(batch))
+    signed = opts.reduce(signed) / len(pairs)
     return NodeScores(
-        tuple(nodes), signed, signed.abs(), "atp-ig", metric.name, len(pairs),
+        nodes, signed, signed.abs(), "atp-ig", metric.name, len(pairs),
         forward_passes=2.0 + steps * len(sites), backward_passes=float(steps * len(sites)),
-        meta={"mode": mode, "steps": steps, "ranks_by": "|E I| (integrated per hook site)"},
+        meta={"mode": opts.mode, "steps": steps, "ranked_by": "|E I| (integrated per hook site)"},
     )  # fmt: skip
 
 
 def _batch(
-    model: Any, batch: PromptPairs, metric: Metric, sites: Sequence[Any], n: int, steps: int
+    model: Any, batch: PromptPairs, metric: Metric, sites: Sequence[Site], n: int, steps: int
 ) -> Tensor:
     """Î per pair [b, n]: every site's path integral, read at its nodes."""
     names = [s.key for s in sites]
     clean, clean_logits = _capture(model, batch.clean, batch, names)
     noise, _ = _capture(model, batch.corrupt, batch, names)
-    reference = widen(clean_logits).log_softmax(-1) if metric.needs_reference else None
+    reference = clean_reference(model, batch, metric, clean_logits)
     out: Tensor | None = None
     for site in sites:
         delta = noise[site.key] - clean[site.key]
@@ -116,14 +101,7 @@ def _capture(
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Activations at ``names`` (keyed by the names asked for) and the answer logits."""
     store: dict[str, Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def hook(act: Tensor, hook: Any) -> None:
-            store[name] = act.detach()
-
-        return hook
-
-    with torch.no_grad(), attached(model, fwd=[(n, keep(n)) for n in names]):
+    with torch.no_grad(), attached(model, fwd=[(n, keep(store, n)) for n in names]):
         logits = answer_logits(model(tokens), batch)
     return store, logits
 
@@ -142,8 +120,7 @@ def _grad_at(
     def put(act: Tensor, hook: Any) -> Tensor:
         return leaf.to(act.dtype)
 
-    with torch.enable_grad(), attached(model, fwd=[(name, put)]):
-        logits = answer_logits(model(batch.clean), batch)
-        values = check_finite(widen(metric(logits, batch, reference)))
+    with torch.enable_grad():
+        values, _ = run_metric(model, batch.clean, batch, metric, reference, [(name, put)])
         (grad,) = torch.autograd.grad(values.sum(), [leaf], allow_unused=True)
     return torch.zeros_like(leaf) if grad is None else grad

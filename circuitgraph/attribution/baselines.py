@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitgraph.attribution.atp import Progress, register
 from circuitgraph.attribution.diagnostics import draw_subsets, subset_effects
+from circuitgraph.attribution.registry import register
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
 from circuitgraph.patching import patch_sets
+from circuitgraph.run import RunOptions
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
@@ -31,11 +32,9 @@ def subsampling(
     model: Any,
     pairs: PromptPairs,
     nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
+    metric: Metric,
+    opts: RunOptions,
     *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
     p: float = 0.25,
     n_subsets: int = 200,
     seed: int = 0,
@@ -43,7 +42,7 @@ def subsampling(
     """The diagnostic estimator as a ranking: ê(n) = mean I(S ∋ n) − mean I(S ∌ n).
 
     Example:
-        >>> s = subsampling(model, pairs, nodes, n_subsets=100, seed=1)  # doctest: +SKIP
+        >>> s = subsampling(model, pairs, nodes, metric, RunOptions(), n_subsets=100)  # doctest: +SKIP
     """
     nodes = list(nodes)
     if not nodes or n_subsets < 2 or not 0.0 < p < 1.0:
@@ -53,11 +52,16 @@ def subsampling(
         )
     masks = draw_subsets(len(nodes), p, n_subsets, seed)
     sets = [[nodes[j] for j in row.nonzero().flatten().tolist()] for row in masks]
-    effects = _patch(model, pairs, sets, metric, mode, batch_size, progress)
+    effects = _patch(model, pairs, sets, metric, opts)
     est, _, _ = subset_effects(masks, effects)
     passes = n_subsets + _overhead(metric)
-    meta = {"p": p, "n_subsets": n_subsets, "seed": seed, "ranks_by": "|mean I(S∋n) − mean I(S∌n)|"}
-    return _scores(nodes, est, est.abs(), "subsampling", metric, pairs, passes, mode, meta)
+    meta = {
+        "p": p,
+        "n_subsets": n_subsets,
+        "seed": seed,
+        "ranked_by": "|mean I(S∋n) − mean I(S∌n)|",
+    }
+    return _scores(nodes, est, est.abs(), "subsampling", metric, pairs, passes, opts.mode, meta)
 
 
 @register("blocks")
@@ -65,11 +69,9 @@ def blocks(
     model: Any,
     pairs: PromptPairs,
     nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
+    metric: Metric,
+    opts: RunOptions,
     *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
     block_size: int | None = None,
     budget: float | None = None,
     fanout: int = 16,
@@ -82,7 +84,7 @@ def blocks(
     size (its own exact effect once its block is a single node).
 
     Example:
-        >>> s = blocks(model, pairs, nodes, block_size=8, budget=64)  # doctest: +SKIP
+        >>> s = blocks(model, pairs, nodes, metric, RunOptions(), block_size=8, budget=64)  # doctest: +SKIP
     """
     given = list(nodes)
     if not given:
@@ -93,9 +95,7 @@ def blocks(
     budget = float(len(nodes)) if budget is None else budget
     overhead = _overhead(metric)
     parts = [tuple(range(i, min(i + size, len(nodes)))) for i in range(0, len(nodes), size)]
-    effects = _patch(
-        model, pairs, [[nodes[i] for i in b] for b in parts], metric, mode, batch_size, progress
-    )
+    effects = _patch(model, pairs, [[nodes[i] for i in b] for b in parts], metric, opts)
     spent = len(parts) + overhead
     heap = [(-abs(float(e)), b, float(e)) for b, e in zip(parts, effects.tolist(), strict=True)]
     heapq.heapify(heap)
@@ -105,24 +105,16 @@ def blocks(
         if not children or spent + len(children) + overhead > budget:
             heap.extend((-abs(e), b, e) for b, e in split)
             break
-        found = _patch(
-            model,
-            pairs,
-            [[nodes[i] for i in b] for b in children],
-            metric,
-            mode,
-            batch_size,
-            progress,
-        )
+        found = _patch(model, pairs, [[nodes[i] for i in b] for b in children], metric, opts)
         spent += len(children) + overhead
         for b, e in zip(children, found.tolist(), strict=True):
             heapq.heappush(heap, (-abs(e), b, e))
     signed = torch.zeros(len(nodes), dtype=torch.float64)
     for _, b, e in heap:
         signed[[order[i] for i in b]] = e / len(b)
-    return _scores(given, signed, signed.abs(), "blocks", metric, pairs, spent, mode,
+    return _scores(given, signed, signed.abs(), "blocks", metric, pairs, spent, opts.mode,
                    {"block_size": size, "budget": budget, "final_blocks": len(heap),
-                    "ranks_by": "|E I(block)| / block size"})  # fmt: skip
+                    "ranked_by": "|E I(block)| / block size"})  # fmt: skip
 
 
 def _pop_splittable(
@@ -144,39 +136,30 @@ def random_order(
     model: Any,
     pairs: PromptPairs,
     nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
+    metric: Metric,
+    opts: RunOptions,
     *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
     seed: int = 0,
 ) -> NodeScores:
     """Random order: scores are seeded uniform noise, signed scores 0 (no model runs).
 
     Example:
-        >>> random_order(None, pairs, nodes, seed=3).method  # doctest: +SKIP
+        >>> random_order(None, pairs, nodes, metric, RunOptions(), seed=3).method  # doctest: +SKIP
         'random'
     """
     nodes = list(nodes)
     g = torch.Generator().manual_seed(seed)
     score = torch.rand(len(nodes), generator=g, dtype=torch.float64)
-    return _scores(nodes, torch.zeros_like(score), score, "random", metric, pairs, 0.0, mode,
-                   {"seed": seed, "ranks_by": "random order (scores are not effects)"})  # fmt: skip
+    return _scores(nodes, torch.zeros_like(score), score, "random", metric, pairs, 0.0, opts.mode,
+                   {"seed": seed, "ranked_by": "random order (scores are not effects)"})  # fmt: skip
 
 
 def _patch(
-    model: Any,
-    pairs: PromptPairs,
-    sets: list[list[Node]],
-    metric: str | Metric,
-    mode: str,
-    batch_size: int,
-    progress: Progress | None,
+    model: Any, pairs: PromptPairs, sets: list[list[Node]], metric: Metric, opts: RunOptions
 ) -> Tensor:
     return patch_sets(
-        model, pairs, sets, metric, mode,  # type: ignore[arg-type]
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
+        model, pairs, sets, metric, opts.mode, batch_size=opts.batch_size, progress=opts.progress
+    )
 
 
 def _scores(

@@ -38,9 +38,10 @@ from torch import Tensor
 
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
-from circuitgraph.patching import Progress, patch_sets
+from circuitgraph.patching import patch_sets
+from circuitgraph.run import Progress, clean_reference, resolve, run_metric
 from circuitgraph.scores import NodeScores
-from circuitgraph.tasks.metrics import Metric, answer_logits, get_metric, widen
+from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
 
 __all__ = [
@@ -422,23 +423,21 @@ def metric_gap(
     model: Any, pairs: PromptPairs, metric: str | Metric = "logit_diff", batch_size: int = 32
 ) -> float:
     """E L(clean) − E L(corrupt): what patching the whole input changes (2 forward passes per
-    pair). The unit every bound is reported in.
+    pair, 3 for a metric that reads the clean distribution). The unit bounds are reported in.
 
     Example:
         >>> metric_gap(model, pairs, "logit_diff")  # doctest: +SKIP
         12.71
     """
-    m = get_metric(metric)
-    device = next(iter(model.parameters())).device
-    total = 0.0
+    pairs, m, opts = resolve(model, pairs, metric, batch_size)
+    total = torch.zeros(1, dtype=torch.float64)
     with torch.no_grad():
-        for batch in pairs.to(device).batches(batch_size):
-            clean = answer_logits(model(batch.clean), batch)
-            corrupt = answer_logits(model(batch.corrupt), batch)
-            ref = widen(clean).log_softmax(-1) if m.needs_reference else None
-            diff = widen(m(clean, batch, ref)) - widen(m(corrupt, batch, ref))
-            total += float(diff.double().sum())
-    return total / len(pairs)
+        for batch in opts.batches(pairs):
+            ref = clean_reference(model, batch, m)
+            clean, _ = run_metric(model, batch.clean, batch, m, ref)
+            corrupt, _ = run_metric(model, batch.corrupt, batch, m, ref)
+            total += (clean.double() - corrupt.double()).sum().cpu()
+    return float(opts.reduce(total)[0]) / len(pairs)
 
 
 def diagnose(
@@ -502,10 +501,14 @@ def diagnose(
 
 def screen_effects(screen: NodeScores, nodes: Sequence[Node]) -> Float[Tensor, " n"]:
     """The screen's signed estimates E Î of ``nodes`` (0 for nodes it did not score)."""
-    idx = screen.index
-    return torch.tensor(
-        [float(screen.signed[idx[n]]) if n in idx else 0.0 for n in nodes], dtype=torch.float64
-    )
+    out = torch.zeros(len(nodes), dtype=torch.float64)
+    signed = screen.signed.double().cpu()
+    for i, n in enumerate(nodes):
+        try:
+            out[i] = signed[screen.locate(n)]
+        except ConfigError:
+            continue  # not screened: no control variate for it
+    return out
 
 
 def _check(nodes: Sequence[Node], p: float, n_subsets: int, confidence: float) -> None:

@@ -26,26 +26,25 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.attribution import qk_fix
-from circuitgraph.attribution.atp import BatchRun, Plan, clean_run, residual_writes
-from circuitgraph.attribution.edges import (
-    EdgeSet,
-    Progress,
-    _grad_hook,
-    _input_grads,
-    _norm_input_hook,
-    _target_groups,
-    _TargetGroup,
-    register_edge,
+from circuitgraph.arch import (
+    grad_hook,
+    hooks,
+    norm_input_hook,
+    qk_hooks,
+    residual_writes,
+    source_hook,
 )
+from circuitgraph.attribution import qk_fix
+from circuitgraph.attribution.candidates import EdgeSet
+from circuitgraph.attribution.edge_grads import TargetGroup, input_grads, target_groups
+from circuitgraph.attribution.registry import register
 from circuitgraph.errors import ModelStateError
 from circuitgraph.model import ModelInfo, model_info
-from circuitgraph.nodes import hooks, source_hook
-from circuitgraph.patching import source_outputs
+from circuitgraph.run import BatchRun, Plan, RunOptions, clean_run
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights, norm_module
+from circuitgraph.weights import AttnWeights, attn_weights, norm_module, source_outputs
 
 __all__ = ["edge_atp_star", "rotate"]
 
@@ -75,50 +74,46 @@ class _QKLayer:
     sin: Tensor | None
 
 
-@register_edge("atp*")
+@register("atp*", "edge")
 def edge_atp_star(
-    model: Any,
-    pairs: PromptPairs,
-    cands: EdgeSet,
-    metric: Metric,
-    *,
-    batch_size: int,
-    mode: str,
-    progress: Progress | None,
+    model: Any, pairs: PromptPairs, cands: EdgeSet, metric: Metric, opts: RunOptions
 ) -> EdgeScores:
-    """Edge AtP*: QK fix on q/k targets, GradDrop on all (2 forward + 1 + L' backward)."""
+    """Edge AtP*: QK fix on q/k targets, GradDrop on all (2 forward + 1 + L' backward).
+
+    Example:
+        >>> scores = edge_atp_star(model, pairs, cands, metric, RunOptions())  # doctest: +SKIP
+    """
     info = model_info(model)
     weights = attn_weights(model)
-    groups = _target_groups(cands.targets)
+    groups = target_groups(cands.targets)
     qk_layers = sorted({g.layer for g in groups if g.kind in ("q", "k")})
     lowest = min((g.layer for g in groups if g.kind != "logits"), default=info.n_layers)
     drops = tuple(range(lowest + 1, info.n_layers))
     plan = _plan(model, info, cands, groups, qk_layers, drops)
-    device = next(iter(model.parameters())).device
     signed = torch.zeros(len(cands.sources), len(cands.targets), dtype=torch.float64)
     dropped = torch.zeros_like(signed)
 
     def body(run: BatchRun) -> tuple[Tensor, Tensor]:
         return _batch(model, run, info, cands, groups, qk_layers, drops, weights)
 
-    for batch in pairs.to(device).batches(batch_size):
-        work = batch if mode == "noising" else batch.swapped()
-        plain, gd = clean_run(model, work, metric, plan, mode, body)
+    for batch in opts.batches(pairs):
+        work = batch if opts.mode == "noising" else batch.swapped()
+        plain, gd = clean_run(model, work, metric, plan, opts.mode, body)
         signed += plain.cpu()
         dropped += gd.cpu()
-        if progress is not None:
-            progress(len(batch))
+        opts.advance(len(batch))
     norm = torch.tensor(
         [info.n_layers if t.kind == "logits" else max(info.n_layers - 1, 1) for t in cands.targets]
     )
     valid = cands.valid
     # where, not a product, as in eap: an overflowed non-edge must not become NaN
+    signed, dropped = opts.reduce(signed), opts.reduce(dropped)
     signed = torch.where(valid, signed / len(pairs), 0.0)
     score = torch.where(valid, dropped / (len(pairs) * norm), 0.0)
     return EdgeScores(
         cands.sources, cands.targets, signed, score, valid.clone(), "atp*", metric.name,
         len(pairs), forward_passes=2.0, backward_passes=1.0 + len(drops),
-        meta={"mode": mode, "ranked_by": "E[(1/|D_v|) sum_l |I_l|] (GradDrop)",
+        meta={"mode": opts.mode, "ranked_by": "E[(1/|D_v|) sum_l |I_l|] (GradDrop)",
               "dropped_layers": list(drops)},
     )  # fmt: skip
 
@@ -127,15 +122,15 @@ def _plan(
     model: Any,
     info: ModelInfo,
     cands: EdgeSet,
-    groups: Sequence[_TargetGroup],
+    groups: Sequence[TargetGroup],
     qk_layers: Sequence[int],
     drops: Sequence[int],
 ) -> Plan:
     both = {source_hook(s) for s in cands.sources}
-    clean = {n for g in groups if (n := _norm_input_hook(g.kind, g.layer))}
-    grads = {_grad_hook(g.kind, g.layer) for g in groups if g.kind not in ("q", "k")}
+    clean = {n for g in groups if (n := norm_input_hook(g.kind, g.layer))}
+    grads = {grad_hook(g.kind, g.layer) for g in groups if g.kind not in ("q", "k")}
     for layer in qk_layers:
-        clean |= {*_qk_names(info, layer), hooks.pattern(layer), hooks.scores(layer)}
+        clean |= {*qk_hooks(info.rotary, layer), hooks.pattern(layer), hooks.scores(layer)}
         if info.rotary:  # cos, sin and the unrotated q check the rotation convention
             clean |= {hooks.rot_cos(layer), hooks.rot_sin(layer), hooks.q(layer)}
         grads.add(hooks.pattern(layer))
@@ -150,20 +145,12 @@ def _plan(
     return Plan(tuple(sorted(both)), tuple(sorted(clean - both)), tuple(sorted(grads)), writes)
 
 
-def _qk_names(info: ModelInfo, layer: int) -> tuple[str, str]:
-    return (
-        (hooks.rot_q(layer), hooks.rot_k(layer))
-        if info.rotary
-        else (hooks.q(layer), hooks.k(layer))
-    )
-
-
 def _batch(
     model: Any,
     run: BatchRun,
     info: ModelInfo,
     cands: EdgeSet,
-    groups: Sequence[_TargetGroup],
+    groups: Sequence[TargetGroup],
     qk_layers: Sequence[int],
     drops: Sequence[int],
     weights: AttnWeights,
@@ -192,7 +179,7 @@ def _batch(
                     changes[id(g)], layers[g.layer], grads[hooks.pattern(g.layer)], g, info
                 )
         n = len(cands.targets)
-        g_in = _input_grads(model, plain_groups, grads, run.clean, weights, n, like)[plain_cols]
+        g_in = input_grads(model, plain_groups, grads, run.clean, weights, n, like)[plain_cols]
         out[:, :, plain_cols] = torch.einsum("btsd,vbtd->bsv", delta, g_in)
         return out
 
@@ -209,7 +196,7 @@ def _batch(
 
 
 def _qk_layer(model: Any, run: BatchRun, info: ModelInfo, layer: int) -> _QKLayer:
-    qn, kn = _qk_names(info, layer)
+    qn, kn = qk_hooks(info.rotary, layer)
     pattern = run.clean[hooks.pattern(layer)]
     scores = qk_fix.layer_scores(run.clean[hooks.scores(layer)], pattern)
     work = torch.promote_types(scores.dtype, torch.float32)
@@ -246,13 +233,13 @@ def _pattern_changes(
     model: Any,
     run: BatchRun,
     info: ModelInfo,
-    group: _TargetGroup,
+    group: TargetGroup,
     delta: Float[Tensor, "b t s d"],
     lay: _QKLayer,
     weights: AttnWeights,
 ) -> Float[Tensor, "u b h t s"]:
     """A' − A for every candidate source u, with Δout_u pushed exactly through the norm."""
-    x = run.clean[_norm_input_hook(group.kind, group.layer)]  # type: ignore[index]
+    x = run.clean[norm_input_hook(group.kind, group.layer)]  # type: ignore[index]
     norm = norm_module(model, group.kind, group.layer)
     b, t, n_src, d = delta.shape
     with torch.no_grad():
@@ -266,9 +253,9 @@ def _pattern_changes(
         return _shifted(lay, group, change, info)
 
 
-def _shifted(lay: _QKLayer, group: _TargetGroup, change: Tensor, info: ModelInfo) -> Tensor:
+def _shifted(lay: _QKLayer, group: TargetGroup, change: Tensor, info: ModelInfo) -> Tensor:
     """A' − A [u, v, b, h_v, t, s] where h_v are the query heads that read target v."""
-    per_kv = info.n_heads // info.n_kv_heads
+    per_kv = info.heads_per_kv
     outs = []
     for j, head in enumerate(group.heads):
         if group.kind == "q":
@@ -289,13 +276,13 @@ def _qk_effects(
     change: Tensor,
     lay: _QKLayer,
     grad: Float[Tensor, "b h t s"],
-    group: _TargetGroup,
+    group: TargetGroup,
     info: ModelInfo,
 ) -> Float[Tensor, "b u v"]:
     """Σ_ts (A' − A)(g − g_top) per pair, source and target (ΣΔA = 0 in each row)."""
     g = grad.to(lay.a.dtype)
     g = g - g.gather(-1, lay.top)
-    per_kv = info.n_heads // info.n_kv_heads
+    per_kv = info.heads_per_kv
     cols = []
     for j, head in enumerate(group.heads):
         heads = (

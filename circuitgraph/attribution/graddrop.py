@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.attribution.atp import BatchRun, Site, atp_graddrop, atp_star, node_effects
-from circuitgraph.nodes import Node
+from circuitgraph.attribution.sites import Site, node_effects
+from circuitgraph.nodes import Node, layers_of
+from circuitgraph.run import BatchRun
 
-__all__ = ["abs_sum", "atp_graddrop", "atp_star", "drop_layers", "score"]
+__all__ = ["abs_sum", "drop_layers", "score"]
 
 
 def drop_layers(nodes: Sequence[Node], n_layers: int) -> tuple[int, ...]:
@@ -34,7 +34,7 @@ def drop_layers(nodes: Sequence[Node], n_layers: int) -> tuple[int, ...]:
         >>> drop_layers([Node("head", 1, 0), Node("mlp", 2)], 4)
         (2, 3)
     """
-    lowest = min(n.layer for n in nodes)
+    lowest = int(layers_of(nodes).min())
     return tuple(range(lowest + 1, n_layers))
 
 
@@ -54,7 +54,7 @@ def abs_sum(
     """
     if n_layers == 1:
         return plain.abs()
-    below = torch.tensor([n.layer for n in nodes], device=plain.device, dtype=plain.dtype)
+    below = layers_of(nodes).to(device=plain.device, dtype=plain.dtype)
     total = below * plain.abs()
     for layer in drops:
         total += node_effects(run, run.grads(layer), sites, qk, len(nodes), below=layer).abs()

@@ -25,26 +25,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitgraph.arch import residual_writes
 from circuitgraph.attribution import graddrop, qk_fix
-from circuitgraph.attribution.atp import (
-    BatchRun,
-    _check_inputs,
-    _no_options,
-    _plan,
-    build_sites,
-    clean_run,
-    node_effects,
-    register,
-    residual_writes,
-)
-from circuitgraph.model import model_info, require_eval
-from circuitgraph.nodes import Node
-from circuitgraph.patching import Progress
+from circuitgraph.attribution.atp import _check_nodes, _no_options, _plan
+from circuitgraph.attribution.registry import register
+from circuitgraph.attribution.sites import build_sites, node_effects
+from circuitgraph.model import model_info
+from circuitgraph.nodes import Node, fixed, layers_of
+from circuitgraph.run import BatchRun, RunOptions, clean_run, model_device
 from circuitgraph.scores import NodeScores
-from circuitgraph.tasks.metrics import Metric, get_metric
+from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
 
-__all__ = ["atp_star_mean"]
+__all__ = ["atp_star_mean", "mean_graddrop"]
 
 
 @register("atp*-mean")
@@ -52,11 +45,8 @@ def atp_star_mean(
     model: Any,
     pairs: PromptPairs,
     nodes: Sequence[Node],
-    metric: str | Metric = "logit_diff",
-    *,
-    batch_size: int = 32,
-    mode: str = "noising",
-    progress: Progress | None = None,
+    metric: Metric,
+    opts: RunOptions,
     **options: Any,
 ) -> NodeScores:
     """AtP* (QK fix + GradDrop) with |·| taken after the mean over pairs, per cut layer.
@@ -67,12 +57,9 @@ def atp_star_mean(
         'atp_star_mean'
     """
     _no_options("atp*-mean", options)
-    require_eval(model)
-    metric = get_metric(metric)
-    nodes = list(nodes)
-    _check_inputs(pairs, nodes, mode)
-    device = next(iter(model.parameters())).device
-    pairs = pairs.to(device)
+    nodes = fixed(nodes)
+    _check_nodes(nodes)
+    device = model_device(model)
     info = model_info(model)
     available = set(model.hook_dict)
     sites = build_sites(nodes, True, device)
@@ -91,36 +78,34 @@ def atp_star_mean(
         ]
         return torch.stack([r.sum(0).double().cpu() for r in rows])
 
-    for batch in pairs.batches(batch_size):
-        work = batch if mode == "noising" else batch.swapped()
-        sums += clean_run(model, work, metric, plan, mode, body)
-        if progress is not None:
-            progress(len(batch))
-    means = sums / len(pairs)
-    score = mean_graddrop(means[0], means[1:], drops, nodes, info.n_layers)
+    for batch in opts.batches(pairs):
+        work = batch if opts.mode == "noising" else batch.swapped()
+        sums += clean_run(model, work, metric, plan, opts.mode, body)
+        opts.advance(len(batch))
+    means = opts.reduce(sums) / len(pairs)
+    score = mean_graddrop(means[0], means[1:], drops, layers_of(nodes), info.n_layers)
     return NodeScores(
-        tuple(nodes), means[0], score, "atp*-mean", metric.name, len(pairs),
+        nodes, means[0], score, "atp*-mean", metric.name, len(pairs),
         forward_passes=2.0, backward_passes=1.0 + len(drops),
-        meta={"mode": mode, "ranks_by": "(1/(L-1)) sum_l |E I_l| (GradDrop after the mean)",
+        meta={"mode": opts.mode, "ranked_by": "(1/(L-1)) sum_l |E I_l| (GradDrop after the mean)",
               "dropped_layers": list(drops)},
     )  # fmt: skip
 
 
 def mean_graddrop(
-    plain: Tensor, dropped: Tensor, drops: Sequence[int], nodes: Sequence[Node], n_layers: int
+    plain: Tensor, dropped: Tensor, drops: Sequence[int], layers: Tensor, n_layers: int
 ) -> Tensor:
     """(1/(L−1)) Σ_l |E Î_l|: layers below a node repeat |E Î|, its own layer gives 0, the
     cut layers above it are read from ``dropped`` (one row per layer of ``drops``).
 
     Example:
-        >>> nodes = [Node("mlp", 0), Node("mlp", 1)]
         >>> plain = torch.tensor([1.0, -2.0]); cut = torch.tensor([[3.0, 0.0]])
-        >>> mean_graddrop(plain, cut, (1,), nodes, 2).tolist()  # m0: |3|; m1: 1·|-2|
+        >>> mean_graddrop(plain, cut, (1,), torch.tensor([0, 1]), 2).tolist()  # m0: |3|; m1: 1·|-2|
         [3.0, 2.0]
     """
     if n_layers == 1:
         return plain.abs()
-    below = torch.tensor([n.layer for n in nodes], dtype=plain.dtype)
+    below = layers.to(plain.dtype)
     total = below * plain.abs()
     for j, layer in enumerate(drops):
         above = below < layer  # the cut changes only nodes below the cut layer

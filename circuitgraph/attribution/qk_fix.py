@@ -32,15 +32,15 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitgraph.attribution.atp import BatchRun, Site, atp_qkfix
+from circuitgraph.arch import hooks, qk_hooks
+from circuitgraph.attribution.sites import Site
 from circuitgraph.errors import ModelStateError
 from circuitgraph.model import ModelInfo
-from circuitgraph.nodes import hooks
+from circuitgraph.run import BatchRun
 
 __all__ = [
     "LayerPatterns",
     "QKFix",
-    "atp_qkfix",
     "fit_scale",
     "key_effects",
     "key_whole_effects",
@@ -332,9 +332,7 @@ class QKFix:
             )
 
     def qk_names(self, layer: int) -> tuple[str, str]:
-        if self.info.rotary:
-            return hooks.rot_q(layer), hooks.rot_k(layer)
-        return hooks.q(layer), hooks.k(layer)
+        return qk_hooks(self.info.rotary, layer)
 
     @property
     def act_names(self) -> list[str]:

@@ -57,7 +57,8 @@ from circuitgraph.attribution.diagnostics import (
 )
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
-from circuitgraph.patching import Progress, patch_sets
+from circuitgraph.patching import patch_sets
+from circuitgraph.run import Progress
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.attribution.diagnostics import Diagnosis, screen_effects
+from circuitgraph.attribution.diagnostics import Diagnosis
 from circuitgraph.attribution.sequential import (
     Schedule,
     diagnosis_of,
@@ -31,7 +31,8 @@ from circuitgraph.attribution.sequential import (
 )
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
-from circuitgraph.patching import Mode, Progress, patch_nodes
+from circuitgraph.patching import patch_nodes
+from circuitgraph.run import Mode, Progress
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
@@ -194,7 +195,7 @@ def verify_nodes(
     truth = patch_nodes(
         model, pairs, top, metric, mode=mode, batch_size=batch_size, progress=progress
     )
-    idx = torch.tensor([estimate.index[node] for node in top], dtype=torch.long)
+    idx = torch.tensor([estimate.locate(node) for node in top], dtype=torch.long)
     return Verification(
         tuple(top), estimate.signed[idx].double(), estimate.score[idx].double(),
         truth.signed.double(), estimate.method, metric.name, len(pairs), truth.forward_passes,
@@ -243,15 +244,12 @@ def verify_auto(
         raise ConfigError("expected an estimate with at least one node but got none")
     m = get_metric(metric if metric is not None else estimate.metric)
     k, threshold, asked = _stopping_rule(top_k, min_effect)
-    order = estimate.ranking()
-    pos = {n: i for i, n in enumerate(nodes)}
-    signed = screen_effects(estimate, nodes)
-    first = [pos[n] for n in order[:k]] if k else []
+    order = estimate.order().tolist()
+    signed = estimate.signed.double().cpu()
+    first = order[:k] if k else []
     if min_effect is not None:
-        big = [
-            pos[n] for n in order if max(abs(float(signed[pos[n]])), estimate[n][1]) >= min_effect
-        ]
-        first = list(dict.fromkeys(first + big))
+        size = torch.maximum(signed.abs(), estimate.score.double().cpu())
+        first = list(dict.fromkeys(first + [i for i in order if float(size[i]) >= min_effect]))
     over = overhead_passes(m)
     exhaustive = len(nodes) + over
     out = run_rounds(
@@ -262,14 +260,14 @@ def verify_auto(
     )  # fmt: skip
     done = [i for i, _ in out.verified]
     idx = torch.tensor(done, dtype=torch.long)
-    rank = {n: r + 1 for r, n in enumerate(order)}
+    rank = {i: r + 1 for r, i in enumerate(order)}
     diag = diagnosis_of(out, nodes, m, pairs, gap, out.threshold, 0.0, budget, p, seed,
                       confidence, correction)  # fmt: skip
     return Verification(
         tuple(nodes[i] for i in done), estimate.signed[idx].double(),
         estimate.score[idx].double(), torch.tensor([v for _, v in out.verified], dtype=torch.float64),
         estimate.method, m.name, len(pairs), out.passes, diagnosis=diag, threshold=out.threshold,
-        exhaustive_passes=exhaustive, screen_rank=tuple(rank[nodes[i]] for i in done),
+        exhaustive_passes=exhaustive, screen_rank=tuple(rank[i] for i in done),
         stopped=out.stopped, asked=asked,
     )  # fmt: skip
 

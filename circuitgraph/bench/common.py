@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from circuitgraph.arch import hooks
 from circuitgraph.errors import ConfigError
-from circuitgraph.hooking import attached
-from circuitgraph.model import load_model
-from circuitgraph.nodes import hooks
+from circuitgraph.model import load_model, resolve_device
+from circuitgraph.run import attached
 from circuitgraph.tasks.metrics import answer_logits, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
 
@@ -26,6 +26,7 @@ __all__ = [
     "SHAPES",
     "bare_passes",
     "clock",
+    "hf_passes",
     "interleaved_min",
     "load_spec",
     "random_dir",
@@ -51,9 +52,14 @@ SHAPES: dict[str, dict[str, Any]] = {
         "arch": "llama", "n_layer": 16, "n_head": 32, "n_kv": 8, "n_embd": 2048, "d_mlp": 8192,
         "vocab": 32000,
     },
+    # A Llama-3-8B-like shape, ~7.2B parameters: built on the device in bf16, never saved.
+    "llama-7b": {
+        "arch": "llama", "n_layer": 32, "n_head": 32, "n_kv": 8, "n_embd": 4096, "d_mlp": 14336,
+        "vocab": 32000, "on_device": "bfloat16",
+    },
 }  # fmt: skip
 
-_DIRS: dict[tuple[str, int], str] = {}
+_DIRS: dict[tuple[str, int, bool], str] = {}
 
 
 def _config(shape: str) -> Any:
@@ -75,15 +81,16 @@ def _config(shape: str) -> Any:
     )  # fmt: skip
 
 
-def random_dir(shape: str, seed: int = 0) -> str:
-    """A folder holding a randomly initialised HF model of ``shape`` (made once per process).
+def random_dir(shape: str, seed: int = 0, weights: bool = True) -> str:
+    """A folder holding a randomly initialised HF model of ``shape`` (made once per process),
+    or only its config and tokenizer (``weights=False``).
 
     Example:
         >>> path = random_dir("tiny-gpt2")  # doctest: +SKIP
     """
     if shape not in SHAPES:
         raise ConfigError(f"expected a model shape among {sorted(SHAPES)} but got {shape!r}")
-    key = (shape, seed)
+    key = (shape, seed, weights)
     if key not in _DIRS:
         from transformers import AutoModelForCausalLM
 
@@ -91,21 +98,39 @@ def random_dir(shape: str, seed: int = 0) -> str:
 
         torch.manual_seed(seed)
         path = tempfile.mkdtemp(prefix=f"cg-{shape}-")
-        AutoModelForCausalLM.from_config(_config(shape)).save_pretrained(path)
+        if weights:
+            AutoModelForCausalLM.from_config(_config(shape)).save_pretrained(path)
+        else:
+            _config(shape).save_pretrained(path)
         build_word_tokenizer([f"w{i}" for i in range(SHAPES[shape]["vocab"] - 4)], path)
         _DIRS[key] = path
     return _DIRS[key]
 
 
-def random_model(shape: str, seed: int = 0, device: str = "cpu") -> tuple[Any, Any]:
+def random_model(
+    shape: str, seed: int = 0, device: str = "cpu", on_device: str | None = None
+) -> tuple[Any, Any]:
     """A randomly initialised model of the given shape, loaded through ``load_model``.
+
+    Shapes too large to build and save on a CPU (``on_device`` in :data:`SHAPES`, or the
+    argument: a dtype name) are built directly on ``device`` in that dtype from a folder
+    holding only their config and tokenizer; the seed makes them the same in every process.
 
     Example:
         >>> model, info = random_model("tiny-llama")  # doctest: +SKIP
         >>> info.n_kv_heads  # doctest: +SKIP
         2
     """
-    return load_model(random_dir(shape, seed), device=device)
+    dtype = on_device or SHAPES.get(shape, {}).get("on_device")
+    if dtype is None:
+        return load_model(random_dir(shape, seed), device=device)
+    from transformers import AutoModelForCausalLM
+
+    path = random_dir(shape, seed, weights=False)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        hf = AutoModelForCausalLM.from_config(_config(shape), torch_dtype=getattr(torch, dtype))
+    return load_model(path, device=device, dtype=dtype, hf_model=hf.eval())
 
 
 def load_spec(spec: str, device: str = "cpu") -> tuple[Any, Any]:
@@ -117,8 +142,10 @@ def load_spec(spec: str, device: str = "cpu") -> tuple[Any, Any]:
     Example:
         >>> model, info = load_spec("zoo:attn-only-2l")  # doctest: +SKIP
     """
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    device = str(resolved)
     if spec.startswith("random:"):
         return random_model(spec.split(":", 1)[1], device=device)
     return load_model(spec, device=device)
@@ -166,6 +193,30 @@ def bare_passes(model: Any, pairs: PromptPairs, n_backward: int) -> Callable[[],
             loss = metric(answer_logits(model(pairs.clean), pairs), pairs).sum()
             for i in range(n_backward):
                 torch.autograd.grad(loss, [leaf["x"]], retain_graph=i < n_backward - 1)
+
+    return run
+
+
+def hf_passes(model: Any, pairs: PromptPairs, n_backward: int) -> Callable[[], None]:
+    """:func:`bare_passes` on the Hugging Face module the bridge wraps, without the bridge:
+    the same weights, the same 2 forward and ``n_backward`` backward passes, no hook points.
+
+    Example:
+        >>> run = hf_passes(model, pairs, 1)  # doctest: +SKIP
+    """
+    metric = get_metric("logit_diff")
+    hf = model.original_model
+    embed = hf.get_input_embeddings()
+
+    def run() -> None:
+        with torch.no_grad():
+            hf(input_ids=pairs.corrupt)
+        with torch.enable_grad():
+            leaf = embed(pairs.clean).detach().requires_grad_(True)
+            logits = hf(inputs_embeds=leaf).logits
+            loss = metric(answer_logits(logits, pairs), pairs).sum()
+            for i in range(n_backward):
+                torch.autograd.grad(loss, [leaf], retain_graph=i < n_backward - 1)
 
     return run
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from circuitgraph.bench.common import load_spec, random_dir, random_pairs
+from circuitgraph.bench.common import SHAPES, load_spec, random_dir, random_pairs
 from circuitgraph.tasks.pairs import PromptPairs
 
 if TYPE_CHECKING:
-    from circuitgraph.bench import BenchConfig, Say
+    from circuitgraph.bench.config import BenchConfig, Say
 
 __all__ = ["memory_part", "peer_part", "recall_part", "scaling_part", "speed_part"]
 
 
 def _is_big(spec: str) -> bool:
-    from circuitgraph.bench import BIG
+    from circuitgraph.bench.config import BIG
 
     return spec in BIG
 
@@ -67,17 +67,32 @@ def speed_part(config: BenchConfig, say: Say) -> dict[str, Any]:
         say(f"speed: {spec}")
         model, info = load_spec(spec, config.device)
         big = _is_big(spec)
-        n, t = config.big_batch if big else config.speed_batch
-        pairs = _batch(spec, model, info, n, t).to(config.device)
         repeats = config.big_repeats if big else config.repeats
-        out[spec] = {"batch": [len(pairs), int(pairs.clean.shape[1])], "layers": info.n_layers,
-                     **speed_ratios(model, info, pairs, repeats, warm_up=not big)}  # fmt: skip
+        for key, (n, t) in _batches(spec, config, config.big_batch if big else config.speed_batch):
+            pairs = _batch(spec, model, info, n, t).to(config.device)
+            out[key] = {"batch": [len(pairs), int(pairs.clean.shape[1])], "layers": info.n_layers,
+                        **speed_ratios(model, info, pairs, repeats, warm_up=not big)}  # fmt: skip
+        del model
     return out
 
 
+def _batches(
+    spec: str, config: BenchConfig, default: tuple[int, int]
+) -> list[tuple[str, tuple[int, int]]]:
+    """(result key, batch) for each batch a model runs at: its default batch under its own
+    name, or every configured batch under ``spec@NxT``."""
+    if not config.batches:
+        return [(spec, default)]
+    return [(f"{spec}@{n}x{t}", (n, t)) for n, t in config.batches]
+
+
 def _child_spec(spec: str) -> str:
-    """What a fresh process loads: the same folder for a random model."""
-    return random_dir(spec.split(":", 1)[1]) if spec.startswith("random:") else spec
+    """What a fresh process loads: the same folder for a random model (a shape built on the
+    device is built again there, from the same seed)."""
+    if not spec.startswith("random:"):
+        return spec
+    shape = spec.split(":", 1)[1]
+    return spec if SHAPES.get(shape, {}).get("on_device") else random_dir(shape)
 
 
 def memory_part(config: BenchConfig, say: Say) -> dict[str, Any]:
@@ -85,10 +100,10 @@ def memory_part(config: BenchConfig, say: Say) -> dict[str, Any]:
     from circuitgraph.bench.speed import memory_ratio
 
     out = {}
-    n, t = config.memory_batch
     for spec in config.models if config.memory_models is None else config.memory_models:
         say(f"memory: {spec}")
-        out[spec] = {"batch": [n, t], **memory_ratio(_child_spec(spec), n, t, config.device)}
+        for key, (n, t) in _batches(spec, config, config.memory_batch):
+            out[key] = {"batch": [n, t], **memory_ratio(_child_spec(spec), n, t, config.device)}
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from circuitgraph.attribution.edges import EdgeSet, attribute_edges
+from circuitgraph.attribution import EdgeSet, attribute_edges
 from circuitgraph.bench.common import clock, interleaved_min
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Edge, Node

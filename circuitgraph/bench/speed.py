@@ -27,9 +27,8 @@ from typing import Any
 
 import torch
 
-from circuitgraph.attribution import attribute_nodes
-from circuitgraph.attribution.edges import EdgeSet, attribute_edges
-from circuitgraph.bench.common import bare_passes, interleaved_min, random_pairs
+from circuitgraph.attribution import EdgeSet, attribute_edges, attribute_nodes
+from circuitgraph.bench.common import bare_passes, hf_passes, interleaved_min, random_pairs
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import enumerate_nodes
 from circuitgraph.patching import patch_nodes
@@ -40,6 +39,7 @@ __all__ = [
     "KINDS",
     "TARGETS",
     "atp_timings",
+    "bridge_timings",
     "eap_timings",
     "fit_linear",
     "memory_ratio",
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 KINDS = ("head", "q", "k", "v", "mlp")
-TARGETS = {"atp": 1.3, "atp*": 1.3, "eap": 1.5, "sweep": 1.2, "memory": 2.0}
+TARGETS = {"atp": 1.3, "atp*": 1.3, "eap": 1.5, "sweep": 1.2, "memory": 2.0, "bridge": 1.3}
 
 
 def _timed(
@@ -130,6 +130,22 @@ def sweep_timings(
     }
 
 
+def bridge_timings(
+    model: Any, pairs: PromptPairs, repeats: int, warm_up: bool = True
+) -> dict[str, float] | None:
+    """Seconds of the bare 2f+1b through the bridge and through the HF module it wraps
+    (None for a TL-native model, which wraps no HF module).
+
+    Example:
+        >>> t = bridge_timings(model, pairs, 3)  # doctest: +SKIP
+        >>> t["bridge"] / t["hf"]  # doctest: +SKIP
+    """
+    if not hasattr(getattr(model, "original_model", None), "get_input_embeddings"):
+        return None
+    fns = {"bridge": bare_passes(model, pairs, 1), "hf": hf_passes(model, pairs, 1)}
+    return _timed(fns, repeats, warm_up)
+
+
 def speed_ratios(
     model: Any, info: Any, pairs: PromptPairs, repeats: int, warm_up: bool = True
 ) -> dict[str, Any]:
@@ -142,11 +158,15 @@ def speed_ratios(
     a = atp_timings(model, info, pairs, repeats, warm_up)
     e = eap_timings(model, info, pairs, repeats, warm_up)
     s = sweep_timings(model, info, pairs, repeats, warm_up)
+    b = bridge_timings(model, pairs, repeats, warm_up)
     ratios = {
         "atp": a["atp"] / a["bare_1"], "atp*": a["atp*"] / a["bare_L1"],
         "eap": e["eap"] / e["bare_1"], "sweep": s["per_node"] / s["bare_fwd"],
     }  # fmt: skip
-    return {"seconds": {"atp": a, "eap": e, "sweep": s}, "ratios": ratios}
+    seconds: dict[str, Any] = {"atp": a, "eap": e, "sweep": s}
+    if b is not None:
+        ratios["bridge"], seconds["bridge"] = b["bridge"] / b["hf"], b
+    return {"seconds": seconds, "ratios": ratios}
 
 
 # ---- memory ------------------------------------------------------------------------------

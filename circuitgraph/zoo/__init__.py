@@ -1,4 +1,4 @@
-"""The zoo: small models circuitgraph trains itself and ships (see ``circuitgraph.zoo.train``)."""
+"""The zoo: small models circuitgraph trains itself and ships (see ``circuitgraph.train``)."""
 
 from __future__ import annotations
 

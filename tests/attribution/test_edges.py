@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitgraph.attribution.edges import (
+from circuitgraph.attribution import (
     EDGE_ESTIMATORS,
     EdgeSet,
     attribute_edges,
@@ -253,6 +253,8 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     # With m steps and the KL metric, each interpolation point is compared with the clean
     # distribution: check against a hand-rolled average of two one-step runs.
     from circuitgraph.attribution import edges as E
+    from circuitgraph.attribution.edge_grads import input_grads
+    from circuitgraph.run import capture, clean_reference
 
     model, info = tiny_gpt2
     pairs = random_pairs(3)
@@ -263,12 +265,13 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     w = E.attn_weights(model)
     batch = pairs
     names = sorted({E.source_hook(s) for s in cands.sources} | {E.hooks.embed})
-    acts_src = E._capture(model, batch.corrupt, names)
-    ref = E._clean_reference(model, batch, get_metric("kl"))
+    acts_src = capture(model, batch.corrupt, names)
+    ref = clean_reference(model, batch, get_metric("kl"))
     run = E._GradRun(model, batch.clean, batch, get_metric("kl"), ref, cands, w)
     _, acts_base, _ = run(None, names)
     mid = acts_src[E.hooks.embed] + 0.5 * (acts_base[E.hooks.embed] - acts_src[E.hooks.embed])
-    grads, _, _ = run(mid, ())
+    point, _, _ = run(mid, ())
+    grads = input_grads(model, point.groups, point.grads, point.acts, w, len(cands.targets), mid)
     delta = E.source_outputs(acts_src, cands.sources, w) - E.source_outputs(
         acts_base, cands.sources, w
     )
@@ -322,3 +325,20 @@ def test_edge_atp_star_signed_equals_eap_off_qk_targets_and_graddrop_of_direct_e
     for e in cands.edges():
         if e.dst.kind == "logits" or e.dst.layer == last:
             assert s1[e][1] == pytest.approx(abs(s1[e][0]), abs=1e-6), e.id
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_tiles_under_a_small_memory_budget_give_the_same_scores(tiny_llama, method):
+    """A budget of a few residual-stream copies forces many source chunks and target blocks
+    (and recomputed source outputs); the scores are those of one big product."""
+    from circuitgraph.attribution.edges import _layer_chunks
+
+    model, info = tiny_llama
+    pairs = random_pairs(3)
+    whole = attribute_edges(model, pairs, "logit_diff", method)
+    copy = pairs.seq_len * info.d_model * 4  # bytes of one residual stream of one pair
+    tiled = attribute_edges(model, pairs, "logit_diff", method, max_memory=6 * 3 * copy)
+    assert (tiled.signed - whole.signed).abs().max() <= 1e-6 * whole.signed.abs().max()
+    assert len(_layer_chunks(EdgeSet.full(info).sources, 3)) == 1 + info.n_layers
+    with pytest.raises(ConfigError, match="max_memory"):
+        attribute_edges(model, pairs, "logit_diff", method, max_memory=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from circuitgraph.arch import hooks
 from circuitgraph.attribution import attribute_nodes
 from circuitgraph.attribution.qk_fix import (
     QKFix,
@@ -16,7 +17,7 @@ from circuitgraph.attribution.qk_fix import (
     query_effects,
 )
 from circuitgraph.errors import ModelStateError
-from circuitgraph.nodes import enumerate_nodes, hooks
+from circuitgraph.nodes import enumerate_nodes
 
 from .conftest import mixed_pairs, native, reference_effects
 
@@ -139,7 +140,8 @@ def test_attention_scale_is_measured_per_layer(twin_gpt2):
     model, info = twin_gpt2
     p = mixed_pairs()
     nodes = enumerate_nodes(info, ["q", "k"])
-    from circuitgraph.attribution.atp import Plan, build_sites, clean_run
+    from circuitgraph.attribution.sites import build_sites
+    from circuitgraph.run import Plan, clean_run
     from circuitgraph.tasks.metrics import get_metric
 
     sites = build_sites(nodes, True, torch.device("cpu"))

@@ -123,3 +123,45 @@ def test_a_memory_only_run_still_prints_its_ratios():
     }
     row = next(ln for ln in table(results).splitlines() if ln.startswith("random:tiny-gpt2"))
     assert row.split()[-1] == "2.50!" and row.split()[1] == "4x16"
+
+
+def test_gpu_preset_runs_the_7b_shape_at_two_batches():
+    from circuitgraph.bench import BenchConfig
+    from circuitgraph.bench.common import SHAPES
+
+    config = BenchConfig.gpu("cuda:0")
+    assert "random:llama-7b" in config.models and config.batches == ((8, 64), (32, 256))
+    big = SHAPES["llama-7b"]
+    assert (big["n_layer"], big["n_embd"], big["n_head"], big["n_kv"]) == (32, 4096, 32, 8)
+    assert big["on_device"] == "bfloat16"
+
+
+def test_a_shape_built_on_the_device_is_the_same_in_every_process():
+    """The 7B shape is never saved: it is built from its config on the device, seeded. The
+    same route on a tiny shape (on the CPU) gives the same model twice and runs."""
+    from circuitgraph.bench.common import hf_passes, random_model, random_pairs
+
+    a, info = random_model("tiny-llama", seed=3, on_device="float32")
+    b, _ = random_model("tiny-llama", seed=3, on_device="float32")
+    pairs = random_pairs(info.d_vocab, 2, 6)
+    with torch.no_grad():
+        assert torch.equal(a(pairs.clean), b(pairs.clean))
+        assert torch.allclose(a(pairs.clean), a.original_model(input_ids=pairs.clean).logits)
+    hf_passes(a, pairs, 1)()  # the plain-HF passes the bridge is compared with
+
+
+def test_batches_key_the_speed_results_by_batch():
+    from dataclasses import replace
+
+    from circuitgraph.bench import BenchConfig, run_bench
+    from circuitgraph.bench.report import table
+
+    config = replace(
+        BenchConfig.quick(), models=("random:tiny-gpt2",), parts=("speed",), repeats=1,
+        batches=((2, 6), (3, 8)),
+    )  # fmt: skip
+    results = run_bench(config)
+    assert set(results["speed"]) == {"random:tiny-gpt2@2x6", "random:tiny-gpt2@3x8"}
+    assert all(r["ratios"]["bridge"] > 0 for r in results["speed"].values())
+    rows = [ln for ln in table(results).splitlines() if ln.startswith("random:tiny-gpt2")]
+    assert [r.split()[1] for r in rows] == ["2x6", "3x8"]

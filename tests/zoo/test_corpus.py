@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 from circuitgraph.tasks import TASKS, make_pairs
+from circuitgraph.train import N_CTX, encode_documents
 from circuitgraph.zoo import corpus
 from circuitgraph.zoo.tokenizer import build_word_tokenizer
-from circuitgraph.zoo.train import N_CTX, encode_documents
 
 
 def test_documents_are_deterministic_and_mixed():

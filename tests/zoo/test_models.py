@@ -7,9 +7,9 @@ import re
 
 import pytest
 
+from circuitgraph.train import SPECS
 from circuitgraph.zoo import list_models, model_path
 from circuitgraph.zoo.evaluate import evaluate
-from circuitgraph.zoo.train import SPECS
 
 from .conftest import zoo_model
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from circuitgraph.train import main
 from circuitgraph.zoo import model_path
-from circuitgraph.zoo.train import main
 
 
 @pytest.mark.slow

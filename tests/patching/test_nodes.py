@@ -10,7 +10,7 @@ from circuitgraph.nodes import Node, enumerate_nodes
 from circuitgraph.patching import patch_nodes
 from circuitgraph.tasks.metrics import get_metric
 
-from .conftest import random_pairs
+from ..conftest import random_pairs
 
 ALL_KINDS = ["head", "q", "k", "v", "mlp", "neuron"]
 

@@ -15,25 +15,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import networkx as nx
 import torch
 
-from circuitgraph.attribution import attribute_nodes, diagnose, verify_nodes
+from circuitgraph.attribution import (
+    attribute_edges,
+    attribute_nodes,
+    diagnose,
+    edge_candidates,
+    verify_nodes,
+)
 from circuitgraph.attribution.diagnostics import Diagnosis
-from circuitgraph.attribution.edges import attribute_edges, edge_candidates
 from circuitgraph.attribution.verify import Verification
 from circuitgraph.errors import ConfigError
-from circuitgraph.graph import build_circuit, model_attrs
+from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_curve, patch_edges
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.pairs import PromptPairs
 
-__all__ = ["DiscoverConfig", "Discovery", "circuit_edges", "discover_circuit"]
+__all__ = ["DiscoverConfig", "Discovery", "circuit_edges", "discover", "discover_circuit"]
 
 #: a progress reporter: (stage name, total units) → callback taking units done
 Stages = Callable[[str, int], Callable[[int], None]]
@@ -86,6 +91,18 @@ class Discovery:
     curve: list[tuple[int, float]]
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The circuit (the same graph as ``circuit``)."""
+        return self.circuit
+
+    @property
+    def report(self) -> str:
+        """A short Markdown report: size, faithfulness, bound, top nodes, edges, timings."""
+        from circuitgraph.report import report_md
+
+        return report_md(self)
+
 
 def _no_progress(stage: str, total: int) -> Callable[[int], None]:
     return lambda done: None
@@ -98,6 +115,35 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = time.perf_counter() - start
+
+
+def discover(
+    model: Any,
+    pairs: PromptPairs,
+    config: DiscoverConfig | None = None,
+    *,
+    stages: Stages | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> Discovery:
+    """The whole pipeline with the defaults of ``circuitgraph discover``, any of which
+    ``overrides`` (fields of :class:`DiscoverConfig`) or ``config`` replace.
+
+    Example:
+        >>> import circuitgraph as cg
+        >>> model, info = cg.load_model("zoo:attn-only-2l")  # doctest: +SKIP
+        >>> found = cg.discover(model, cg.make_pairs("induction", model.tokenizer, 16))  # doctest: +SKIP
+        >>> print(found.report)  # doctest: +SKIP
+    """
+    base = config or DiscoverConfig()
+    if overrides:
+        unknown = sorted(set(overrides) - {f.name for f in fields(DiscoverConfig)})
+        if unknown:
+            raise ConfigError(
+                f"expected options among the fields of DiscoverConfig but got {unknown}"
+            )
+        base = replace(base, **overrides)
+    return discover_circuit(model, pairs, base, stages or _no_progress, attrs)
 
 
 def discover_circuit(
@@ -200,20 +246,6 @@ def _verified(v: Verification | None) -> dict[Node | str, float]:
     if v is None:
         return {}
     return {n: float(x) for n, x in zip(v.nodes, v.true.tolist(), strict=True)}
-
-
-def circuit_edges(circuit: nx.DiGraph) -> list[Edge]:
-    """The scored (non-internal) edges of a circuit graph.
-
-    Example:
-        >>> import networkx as nx
-        >>> g = nx.DiGraph(); g.add_edge("input", "a0.h1<q>", internal=False)
-        >>> [e.id for e in circuit_edges(g)]
-        ['input->a0.h1<q>']
-    """
-    return [
-        Edge.parse(f"{u}->{v}") for u, v, d in circuit.edges(data=True) if not d.get("internal")
-    ]
 
 
 def _add_exact_edges(

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m circuitgraph.zoo.train --model attn-only-2l [--seed 0] [--out DIR] [--threads 2]
+    python -m circuitgraph.train --model attn-only-2l [--seed 0] [--out DIR] [--threads 2]
 
 The output directory holds the weights, the tokenizer, ``zoo.json`` (architecture, tasks,
 training facts, per-task metrics) and a short model card ``README.md``. The per-task figures
@@ -36,7 +36,7 @@ __all__ = ["ARCHITECTURES", "SPECS", "ModelSpec", "main", "train"]
 N_CTX = 48
 PAD, BOS = SPECIAL_TOKENS.index("<pad>"), SPECIAL_TOKENS.index("<bos>")
 EOS = SPECIAL_TOKENS.index("<eos>")
-_ROOT = Path(__file__).parent / "models"
+_ROOT = Path(__file__).parent / "zoo" / "models"
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ answer position, measured after loading this directory with `load_model`):
 def _command(spec: ModelSpec, threads: int) -> str:
     steps = "" if spec.steps == SPECS[spec.name].steps else f" --steps {spec.steps}"
     return (
-        f"python -m circuitgraph.zoo.train --model {spec.name} --seed {spec.seed} "
+        f"python -m circuitgraph.train --model {spec.name} --seed {spec.seed} "
         f"--threads {threads}{steps}"
     )
 
@@ -369,7 +369,7 @@ def write_model(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m circuitgraph.zoo.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m circuitgraph.train", description=__doc__)
     parser.add_argument("--model", required=True, help=f"one of {sorted(SPECS)}")
     parser.add_argument("--seed", type=int, default=None, help="default: the spec's seed")
     parser.add_argument("--out", default=None, help="default: the package's zoo/models/NAME")

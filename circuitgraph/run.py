@@ -1,0 +1,450 @@
+"""The run layer: everything that runs the model for patching and attribution.
+
+Attaching hooks (always undone), capturing activations and gradients, the unpatched base
+run and its metric, the clean reference distribution (KL), the device, the options every
+estimator receives resolved, and data parallelism. Patching and every estimator build on
+this module and nothing below it runs the model.
+
+Data parallel (``torchrun``): when ``torch.distributed`` is initialised, every estimator
+streams only this rank's share of the batches (:meth:`RunOptions.batches`, batch i on rank
+i mod world size) and all-reduces its per-pair sums once at the end
+(:meth:`RunOptions.reduce`) before dividing by the number of pairs, so every rank ends with
+the result of a single process over all pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitgraph.arch import hooks
+from circuitgraph.errors import ConfigError
+from circuitgraph.model import require_eval
+from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric, widen
+from circuitgraph.tasks.pairs import PromptPairs
+
+__all__ = [
+    "MODES",
+    "BatchRun",
+    "HookFn",
+    "Mode",
+    "Plan",
+    "Progress",
+    "RunContext",
+    "RunOptions",
+    "attached",
+    "base_run",
+    "capture",
+    "check_choice",
+    "clean_reference",
+    "clean_run",
+    "keep",
+    "model_device",
+    "resolve",
+    "rows_per_pass",
+    "run_metric",
+    "world",
+]
+
+HookFn = Callable[..., Any]
+Mode = Literal["noising", "denoising"]
+MODES: tuple[str, ...] = ("noising", "denoising")
+#: called with units of work just done (pairs, or patched rows)
+Progress = Callable[[int], None]
+
+# Rows of one patched forward are capped so that the logits fit in about 1 GiB.
+_LOGIT_BUDGET = 2**28
+_MAX_ROWS = 1024
+
+
+# --------------------------------------------------------------------------------------
+# Options, resolved once by the public entry points
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How an estimator runs: pairs per forward pass, noising or denoising, progress.
+
+    Example:
+        >>> RunOptions(batch_size=8).mode
+        'noising'
+    """
+
+    batch_size: int = 32
+    mode: Mode = "noising"
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:
+            raise ConfigError(f"expected a batch size of at least 1 but got {self.batch_size}")
+
+    def advance(self, done: int) -> None:
+        """Report ``done`` units of work to the progress callback, if any."""
+        if self.progress is not None:
+            self.progress(done)
+
+    def batches(self, pairs: PromptPairs) -> Iterator[PromptPairs]:
+        """This process's share of the batches: all of them, or under ``torchrun`` every
+        world-size-th one (the same batches a single process would make).
+
+        Example:
+            >>> p = PromptPairs.from_tokens([[1, 2]] * 5, [[1, 3]] * 5, [4] * 5, [5] * 5)
+            >>> [len(b) for b in RunOptions(batch_size=2).batches(p)]
+            [2, 2, 1]
+        """
+        rank, size = world()
+        for i, batch in enumerate(pairs.batches(self.batch_size)):
+            if i % size == rank:
+                yield batch
+
+    def reduce(self, total: Tensor) -> Tensor:
+        """Sum ``total`` over the processes of a ``torchrun`` job (itself in one process).
+
+        Every process must call it the same number of times: estimators call it once on
+        their per-pair sums, after their last batch.
+
+        Example:
+            >>> RunOptions().reduce(torch.ones(2)).tolist()
+            [1.0, 1.0]
+        """
+        if world()[1] == 1:
+            return total
+        import torch.distributed as dist
+
+        # NCCL reduces tensors on the GPU only; gloo on the CPU
+        on = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else total.device
+        )
+        work = total.detach().to(on).clone()
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        return work.to(total.device)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless ``torch.distributed`` is initialised.
+
+    Example:
+        >>> world()
+        (0, 1)
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve(
+    model: Any,
+    pairs: PromptPairs,
+    metric: str | Metric,
+    batch_size: int = 32,
+    mode: str = "noising",
+    progress: Progress | None = None,
+) -> tuple[PromptPairs, Metric, RunOptions]:
+    """What every public entry point does first: refuse train mode and empty data, resolve
+    the metric and options, and move the pairs to the model's device.
+
+    Example:
+        >>> pairs, metric, opts = resolve(model, pairs, "logit_diff")  # doctest: +SKIP
+    """
+    require_eval(model)
+    opts = RunOptions(batch_size, mode, progress)  # type: ignore[arg-type]
+    if len(pairs) == 0:
+        raise ConfigError("expected at least one prompt pair but got none")
+    return pairs.to(model_device(model)), get_metric(metric), opts
+
+
+def check_choice(what: str, value: str, options: Sequence[str]) -> None:
+    """Refuse a value outside ``options`` in one sentence.
+
+    Example:
+        >>> check_choice("mode", "noising", MODES)
+    """
+    if value not in options:
+        raise ConfigError(f"expected {what} among {list(options)} but got {value!r}")
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's (first) parameters: where its inputs must go.
+
+    Example:
+        >>> model_device(torch.nn.Linear(1, 1))
+        device(type='cpu')
+    """
+    return next(iter(model.parameters())).device
+
+
+def rows_per_pass(model: Any, batch: PromptPairs, max_rows: int | None = None) -> int:
+    """Rows (copies of batch pairs) one patched forward may hold: ``max_rows`` when given,
+    else as many as keep the logits and activations within a fixed memory budget.
+
+    Example:
+        >>> rows_per_pass(None, None, max_rows=64)
+        64
+    """
+    if max_rows is not None:
+        return max(max_rows, 1)
+    per_row = batch.seq_len * (int(model.cfg.d_vocab) + 16 * int(model.cfg.d_model))
+    return int(min(_MAX_ROWS, max(1, _LOGIT_BUDGET // max(per_row, 1))))
+
+
+# --------------------------------------------------------------------------------------
+# Hooks
+# --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def attached(
+    model: Any,
+    fwd: Sequence[tuple[str, HookFn]] = (),
+    bwd: Sequence[tuple[str, HookFn]] = (),
+) -> Iterator[Any]:
+    """Attach forward/backward hooks for the duration of the block; refuse train mode.
+
+    The bridge removes them on exit, on error too.
+
+    Example:
+        >>> with attached(model, fwd=[(name, fn)]):  # doctest: +SKIP
+        ...     model(tokens)
+    """
+    require_eval(model)
+    with model.hooks(fwd_hooks=list(fwd), bwd_hooks=list(bwd)):
+        yield model
+
+
+def keep(store: dict[str, Tensor], name: str, detach: bool = True) -> HookFn:
+    """A hook that keeps its tensor in ``store`` under the name asked for.
+
+    The bridge reports canonical names (a head's z fires under its output projection's
+    input), which must not leak out: each hook closes over the requested name.
+
+    Example:
+        >>> store = {}
+        >>> keep(store, "x")(torch.ones(1), None); store["x"].tolist()
+        [1.0]
+    """
+
+    def hook(t: Tensor, hook: Any) -> None:
+        store[name] = t.detach() if detach else t
+
+    return hook
+
+
+def capture(model: Any, tokens: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
+    """Activations at the given hooks for one forward of ``tokens`` (no gradient).
+
+    Example:
+        >>> acts = capture(model, pairs.corrupt, [hooks.z(0)])  # doctest: +SKIP
+    """
+    store: dict[str, Tensor] = {}
+    with torch.no_grad(), attached(model, fwd=[(n, keep(store, n)) for n in sorted(set(names))]):
+        model(tokens)
+    return store
+
+
+# --------------------------------------------------------------------------------------
+# The base run and the metric
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One batch's base run: its metric values and the clean reference distribution."""
+
+    batch: PromptPairs
+    metric: Metric
+    base_tokens: Tensor
+    base_metric: Float[Tensor, " b"]
+    reference: Float[Tensor, "b v"] | None
+
+
+def run_metric(
+    model: Any,
+    tokens: Tensor,
+    batch: PromptPairs,
+    metric: Metric,
+    reference: Tensor | None = None,
+    fwd: Sequence[tuple[str, HookFn]] = (),
+) -> tuple[Float[Tensor, " r"], Float[Tensor, "r v"]]:
+    """Forward ``tokens`` (possibly k copies of the batch) with hooks; metric per row.
+
+    Returns the metric values and the answer-position logits.
+    """
+    with attached(model, fwd=fwd):
+        logits = model(tokens)
+    at_answer = answer_logits(logits, batch)
+    values = check_finite(widen(metric(at_answer, batch, reference)))
+    return values, at_answer
+
+
+def clean_reference(
+    model: Any, batch: PromptPairs, metric: Metric, clean_logits: Tensor | None = None
+) -> Float[Tensor, "b v"] | None:
+    """The clean run's answer-position log-probabilities, for metrics that compare with it
+    (KL); None for the others. ``clean_logits`` saves the forward when already at hand.
+
+    Example:
+        >>> clean_reference(model, batch, get_metric("logit_diff")) is None  # doctest: +SKIP
+        True
+    """
+    if not metric.needs_reference:
+        return None
+    if clean_logits is None:
+        with torch.no_grad(), attached(model):
+            clean_logits = answer_logits(model(batch.clean), batch)
+    return widen(clean_logits.detach()).log_softmax(-1)
+
+
+def base_run(model: Any, batch: PromptPairs, metric: Metric, mode: str) -> RunContext:
+    """The unpatched run that effects are measured against (clean for noising).
+
+    KL is always measured from the clean distribution; in noising that is the base run.
+    """
+    base = batch.clean if mode == "noising" else batch.corrupt
+    with torch.no_grad(), attached(model):
+        base_logits = answer_logits(model(base), batch)
+        reference = clean_reference(
+            model, batch, metric, base_logits if mode == "noising" else None
+        )
+        values = check_finite(widen(metric(base_logits, batch, reference)))
+    return RunContext(batch, metric, base, values, reference)
+
+
+# --------------------------------------------------------------------------------------
+# Gradient runs: one noise forward, one clean forward with gradient, many backwards
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one gradient run needs: hooks to read in both runs, gradients, layers to drop."""
+
+    act_names: tuple[str, ...]
+    clean_only: tuple[str, ...]
+    grad_names: tuple[str, ...]
+    drop_hooks: tuple[tuple[int, str], ...]  # (layer, hook) of each residual write to cut
+
+
+@dataclass
+class BatchRun:
+    """One batch's clean run: activations of both runs, and a way to take gradients.
+
+    ``grads(drop)`` runs one backward of Σ_pairs L (pairs are independent, so every row's
+    gradient is that pair's own), with the residual writes of layer ``drop`` cut when it is
+    not None, and returns the gradients at the requested hooks.
+    """
+
+    clean: dict[str, Tensor]
+    noise: dict[str, Tensor]
+    loss: Tensor
+    leaf: Tensor
+    grad_store: dict[str, Tensor]
+    dropper: _Dropper
+    _deltas: dict[str, Tensor] = field(default_factory=dict)
+
+    def delta(self, key: str) -> Tensor:
+        """noise − clean at a hook, made once per batch (GradDrop reads it once per cut)."""
+        if key not in self._deltas:
+            self._deltas[key] = self.noise[key] - self.clean[key]
+        return self._deltas[key]
+
+    def grads(self, drop: int | None = None) -> dict[str, Tensor]:
+        self.grad_store.clear()
+        self.dropper.layer = drop
+        try:
+            torch.autograd.grad(self.loss, [self.leaf], retain_graph=True, allow_unused=True)
+        finally:
+            self.dropper.layer = None
+        return dict(self.grad_store)
+
+
+@dataclass
+class _Dropper:
+    """Which layer's residual writes get a zero gradient in the current backward (if any)."""
+
+    layer: int | None = None
+
+    def hook(self, layer: int) -> HookFn:
+        def cut(grad: Tensor, hook: Any) -> Tensor | None:
+            return torch.zeros_like(grad) if self.layer == layer else None
+
+        return cut
+
+
+class _Recorder:
+    """Forward and backward hooks of one batch: activations of the noise run, then of the
+    clean run; the embedding leaf; gradients (each under the name asked for)."""
+
+    def __init__(self) -> None:
+        self.acts: dict[str, Tensor] = {}
+        self.grads: dict[str, Tensor] = {}
+        self.leaf: Tensor | None = None
+        self.clean = False
+
+    def act(self, name: str, clean_only: bool) -> HookFn:
+        def hook(act: Tensor, hook: Any) -> None:
+            if self.clean or not clean_only:
+                self.acts[name] = act.detach()
+
+        return hook
+
+    def make_leaf(self, act: Tensor, hook: Any) -> Tensor | None:
+        if not self.clean:
+            return None
+        self.leaf = act.detach().requires_grad_(True)
+        return self.leaf
+
+    def start_clean(self) -> dict[str, Tensor]:
+        """Switch to the clean run; return the noise run's activations."""
+        noise, self.acts, self.clean = self.acts, {}, True
+        return noise
+
+
+def clean_run(
+    model: Any,
+    batch: PromptPairs,
+    metric: Metric,
+    plan: Plan,
+    mode: str,
+    body: Callable[[BatchRun], Any],
+) -> Any:
+    """Run the noise forward, then the clean forward with gradient, and call ``body`` on it.
+
+    ``batch`` is already oriented (for denoising the caller swaps clean and corrupt). Hooks
+    stay attached while ``body`` takes its backward passes and are removed after, on error
+    too. A detached copy of the embedding output is the only leaf that needs a gradient,
+    so no parameter gradient is ever computed.
+    """
+    rec = _Recorder()
+    dropper = _Dropper()
+    fwd: list[tuple[str, HookFn]] = [(hooks.embed, rec.make_leaf)]
+    fwd += [(n, rec.act(n, clean_only=False)) for n in plan.act_names]
+    fwd += [(n, rec.act(n, clean_only=True)) for n in plan.clean_only]
+    bwd: list[tuple[str, HookFn]] = [(n, keep(rec.grads, n, detach=False)) for n in plan.grad_names]
+    bwd += [(name, dropper.hook(layer)) for layer, name in plan.drop_hooks]
+    with attached(model, fwd=fwd):
+        with torch.no_grad():
+            noise_logits = answer_logits(model(batch.corrupt), batch)
+        noise = rec.start_clean()
+        # Backward hooks slow a forward down; only the clean run needs them.
+        with torch.enable_grad(), attached(model, bwd=bwd):
+            logits = answer_logits(model(batch.clean), batch)
+            # KL compares with the clean distribution: this run's in noising, else the other.
+            reference = clean_reference(
+                model, batch, metric, logits if mode == "noising" else noise_logits
+            )
+            values = check_finite(widen(metric(logits, batch, reference)))
+            assert rec.leaf is not None
+            run = BatchRun(rec.acts, noise, values.sum(), rec.leaf, rec.grads, dropper)
+            return body(run)

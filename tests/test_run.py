@@ -1,0 +1,86 @@
+"""The run layer: options, resolution, hooks that are always undone, captures, references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitgraph.arch import hooks
+from circuitgraph.errors import ConfigError, ModelStateError
+from circuitgraph.run import (
+    RunOptions,
+    attached,
+    base_run,
+    capture,
+    clean_reference,
+    model_device,
+    resolve,
+    rows_per_pass,
+)
+from circuitgraph.tasks.metrics import get_metric
+
+from .conftest import random_pairs
+
+
+def test_options_refuse_nonsense() -> None:
+    with pytest.raises(ConfigError, match="mode"):
+        RunOptions(mode="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="batch size"):
+        RunOptions(batch_size=0)
+    seen: list[int] = []
+    RunOptions(progress=seen.append).advance(3)
+    RunOptions().advance(3)  # no callback: nothing happens
+    assert seen == [3]
+
+
+def test_resolve_moves_pairs_and_resolves_the_metric(tiny_gpt2) -> None:
+    model, _ = tiny_gpt2
+    pairs, metric, opts = resolve(model, random_pairs(3), "kl", batch_size=2)
+    assert pairs.device == model_device(model) and metric.name == "kl" and opts.batch_size == 2
+    with pytest.raises(ConfigError, match="at least one prompt pair"):
+        resolve(model, random_pairs(3).select(slice(0, 0)), "kl")
+    model.train()
+    try:
+        with pytest.raises(ModelStateError, match="eval mode"):
+            resolve(model, random_pairs(3), "kl")
+    finally:
+        model.eval()
+
+
+def test_capture_keeps_the_names_asked_for_and_leaves_no_hook(tiny_gpt2) -> None:
+    model, _ = tiny_gpt2
+    pairs = random_pairs(2)
+    acts = capture(model, pairs.clean, [hooks.z(0), hooks.embed])
+    assert set(acts) == {hooks.z(0), hooks.embed}
+    assert acts[hooks.z(0)].shape[:2] == pairs.clean.shape
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def test_hooks_are_removed_on_error(tiny_gpt2) -> None:
+    model, _ = tiny_gpt2
+
+    def boom(act, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"), attached(model, fwd=[(hooks.embed, boom)]):
+        model(random_pairs(1).clean)
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def test_the_reference_is_always_the_clean_distribution(tiny_gpt2) -> None:
+    model, _ = tiny_gpt2
+    pairs = random_pairs(3)
+    kl = get_metric("kl")
+    ref = clean_reference(model, pairs, kl)
+    assert clean_reference(model, pairs, get_metric("logit_diff")) is None
+    for mode in ("noising", "denoising"):
+        ctx = base_run(model, pairs, kl, mode)
+        assert ctx.reference is not None and torch.allclose(ctx.reference, ref)
+    # noising: the base run is clean, so its KL to the reference is zero
+    assert base_run(model, pairs, kl, "noising").base_metric.abs().max() < 1e-5
+
+
+def test_rows_per_pass_respects_the_cap(tiny_gpt2) -> None:
+    model, _ = tiny_gpt2
+    assert rows_per_pass(model, random_pairs(2), max_rows=7) == 7
+    assert 1 <= rows_per_pass(model, random_pairs(2)) <= 1024
