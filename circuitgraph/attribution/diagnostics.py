@@ -185,16 +185,22 @@ class Diagnosis:
             return ""
         unit = self._in_gap(self.target)
         parts = [f"The target {self.target:.4g}{unit} was not reached"]
-        if self.needed_passes is not None:
-            more = max(self.needed_passes - self.forward_passes, 0.0)
+        cost = self.needed_passes
+        if cost is not None:
+            more = max(cost - self.forward_passes, 0.0)
             parts.append(
-                f"about {self.needed_passes:.0f} forward passes per pair in all ({more:.0f} more) "
-                "would reach it, extrapolating the standard errors seen"
+                f"about {cost:.0f} forward passes per pair in all ({more:.0f} more) would reach "
+                "it, extrapolating the standard errors seen"
             )
-        elif not self.groups and (fresh := self.passes_for(self.target)) is not None:
+        elif not self.groups and (cost := self.passes_for(self.target)) is not None:
             parts.append(
-                f"a fresh draw of about {fresh:.0f} subsets (forward passes per pair) would "
+                f"a fresh draw of about {cost:.0f} subsets (forward passes per pair) would "
                 "reach it, extrapolating the standard errors seen"
+            )
+        sweep = len(self.nodes) + 2
+        if cost is not None and cost - (self.forward_passes if self.groups else 0) >= sweep:
+            parts.append(
+                f"verifying all {len(self.nodes)} unverified nodes exactly costs {sweep}, less"
             )
         if self.must_verify:
             ids = ", ".join(n.id for n in self.must_verify[:8])
