@@ -73,8 +73,9 @@ CORRECTIONS: tuple[str, ...] = ("paper", "bonferroni")
 class GroupBound:
     """One group's share of a sequential diagnosis (a layer, or all nodes).
 
-    ``bound`` is the group's bound at its last test, made at level ``alpha``; ``closed`` says
-    whether it fell below the threshold it was tested against (``threshold``).
+    ``bound`` is the group's bound at its last test, made at level ``alpha`` with each node
+    in a share ``p`` of the subsets; ``closed`` says whether it fell below the threshold it
+    was tested against (``threshold``).
     """
 
     key: str
@@ -85,12 +86,13 @@ class GroupBound:
     alpha: float
     threshold: float
     closed: bool
+    p: float = 0.25
 
     def to_json(self) -> dict[str, Any]:
         return {
             "group": self.key, "nodes": self.n_nodes, "subsets": self.n_subsets,
             "tests": self.tests, "bound": _finite(self.bound), "alpha": self.alpha,
-            "threshold": _finite(self.threshold), "closed": self.closed,
+            "threshold": _finite(self.threshold), "closed": self.closed, "p": self.p,
         }  # fmt: skip
 
 

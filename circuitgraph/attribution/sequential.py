@@ -89,7 +89,13 @@ class Schedule:
     """How the rounds are drawn.
 
     ``first_subsets`` per open group in the first round; later rounds grow it by at most
-    ``max_growth`` (extrapolated from the standard errors seen).
+    ``max_growth`` (extrapolated from the standard errors seen). ``p`` is the largest share
+    of a group's nodes patched together: a round patches at most about ``max_together``
+    nodes at once (p = max_together / nodes), drawing enough subsets that every node is in
+    at least 8, because joint patches of hundreds of nodes saturate the metric and shrink
+    every node's estimated effect (zoo:gpt2-4l IOI, 1350 per-position nodes: the subsets'
+    effects grow only 0.67x as fast as the sum of their nodes' exact effects at 340 nodes
+    together, 0.94-0.98x at 27).
 
     Example:
         >>> Schedule(confidence=0.9).alpha
@@ -100,6 +106,7 @@ class Schedule:
     p: float = 0.25
     first_subsets: int = 32
     max_growth: float = 4.0
+    max_together: int = 64
     correction: str = "paper"
     seed: int = 0
 
@@ -135,6 +142,7 @@ class _Group:
     tests: int = 0
     subsets: int = 0
     last: int = 0
+    p: float = 0.25
     var_z: float = 0.0
     bound: float = math.inf
     alpha: float = 0.0
@@ -145,7 +153,7 @@ class _Group:
     def report(self, n_open: int) -> GroupBound:
         return GroupBound(
             self.key, n_open, self.subsets, self.tests, self.bound, self.alpha, self.threshold,
-            self.closed,
+            self.closed, self.p,
         )  # fmt: skip
 
 
@@ -298,7 +306,7 @@ class _Rounds:
         left = [i for i in self._unverified() if i not in set(pending)]
         groups = [g for g in self.groups if self._members(g, left) and not g.closed]
         groups = [g for g in groups if not g.blocked]
-        plan = {g.key: g.next_subsets for g in groups}
+        plan = {g.key: _enough(g.next_subsets, self.s, len(self._members(g, left))) for g in groups}
         in_open = [i for g in groups for i in self._members(g, left)]
         all_cost = self.spent + len(pending) + len(in_open) + self.overhead
         if (
@@ -330,7 +338,8 @@ class _Rounds:
             if g.key not in plan:
                 continue
             idx = self._members(g, left)
-            masks = balanced_subsets(plan[g.key], len(idx), self.s.p, self.rng)
+            g.p = _share(self.s.p, self.s.max_together, len(idx), plan[g.key])
+            masks = balanced_subsets(plan[g.key], len(idx), g.p, self.rng)
             draws.append((g, idx, masks))
         sets = [[i] for i in pending]
         sets += [
@@ -429,7 +438,7 @@ class _Rounds:
         se = self.se[stay]
         if take and g.var_z > 0:
             r2 = (self.resid[take] ** 2 - self.se[take] ** 2).clamp(min=0.0).sum()
-            removed = self.s.p * (1 - self.s.p) * float(r2)
+            removed = g.p * (1 - g.p) * float(r2)
             se = se * math.sqrt(max(1.0 - removed / g.var_z, 0.05))
         tau = self.threshold([*self.exact.values(), *(float(self.est[i]) for i in take)])
         return se, max(tau, self.tau)
@@ -447,7 +456,7 @@ class _Rounds:
 
     def _t(self, g: _Group, n: int, correction: str) -> float:
         # Welch's degrees of freedom are about the smaller side's size minus one.
-        df = torch.full((max(n, 1),), max(self.s.p * g.next_subsets - 1, 1.0), dtype=torch.float64)
+        df = torch.full((max(n, 1),), max(g.p * g.next_subsets - 1, 1.0), dtype=torch.float64)
         return float(t_multipliers(df, self.s.alpha / 2 ** (g.tests + 1), correction)[0])
 
     def _members(self, g: _Group, left: list[int]) -> list[int]:
@@ -488,6 +497,33 @@ class _Rounds:
             stopped, None if stopped in ("bounded", "exhausted") else self._needed_passes(left),
             tuple(self.must_verify), tuple(self.history),
         )  # fmt: skip
+
+
+#: every node is in at least this many of a round's subsets (and out of as many)
+_MIN_IN = 8
+
+
+def _enough(m: int, s: Schedule, n: int) -> int:
+    """Subsets for a group of ``n`` nodes: at least ``m``, and enough that with about
+    ``max_together`` nodes per subset every node is in ``_MIN_IN`` of them.
+
+    Example:
+        >>> _enough(32, Schedule(), 1350), _enough(32, Schedule(), 100)
+        (169, 32)
+    """
+    p = min(s.p, s.max_together / max(n, 1))
+    return max(m, math.ceil(_MIN_IN / p))
+
+
+def _share(p: float, together: int, n: int, m: int) -> float:
+    """The share of a group's n nodes in each of m subsets: at most p and about ``together``
+    nodes per subset, but every node in at least ``_MIN_IN`` subsets.
+
+    Example:
+        >>> round(_share(0.25, 64, 1350, 200), 4), _share(0.25, 64, 1350, 64)
+        (0.0474, 0.125)
+    """
+    return min(max(min(p, together / max(n, 1)), _MIN_IN / max(m, 1)), 0.5)
 
 
 def balanced_subsets(
@@ -589,7 +625,7 @@ def diagnose_until(
     bound_target: float = 0.1,
     gap: float | None = None,
     budget: float | None = None,
-    groups: str | Callable[[Node], str] = "layer",
+    groups: str | Callable[[Node], str] = "none",
     confidence: float = 0.95,
     p: float = 0.25,
     first_subsets: int = 32,
