@@ -2,7 +2,11 @@
 model, task and node kind, with the exact sweep cached (it dominates the run time).
 
     python -m benchmarks.misses [--models zoo:gpt2-4l] [--pairs 64] [--methods atp atp* atp*-mean]
-                                [--cache DIR]
+                                [--cache DIR] [--auto atp*]
+
+``--auto SCREEN`` adds a column: the share of the exact top-10 among the nodes that
+``verify_nodes(..., "auto", top_k=10)`` verified after that screen, and the sweep's cost
+over its cost (the screen's own 2 forward + backward passes not counted).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 
 from benchmarks.recall_top import KINDS, recall
 from circuitgraph import load_model
-from circuitgraph.attribution import attribute_nodes
+from circuitgraph.attribution import attribute_nodes, verify_nodes
 from circuitgraph.nodes import enumerate_nodes
 from circuitgraph.patching import patch_nodes
 from circuitgraph.tasks import make_pairs
@@ -43,12 +47,14 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--auto", default=None, help="screen verified with k='auto' (a column)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tasks = {f"zoo:{m.name}": m.tasks for m in list_models()}
+    auto = [f"{args.auto}+auto"] if args.auto else []
     print(
         f"{'model':<18}{'task':<14}{'kind':<20}{'nodes':>6}"
-        + "".join(f"{m:>11}" for m in args.methods)
+        + "".join(f"{m:>11}" for m in [*args.methods, *auto])
     )
     for spec in args.models:
         model, info = load_model(spec, device="cpu")
@@ -63,10 +69,15 @@ def main() -> None:
                     recall(truth, attribute_nodes(model, pairs, method=m, nodes=nodes).ranking())
                     for m in args.methods
                 ]
+                cells = [f"{r:>11.0%}" for r in row]
+                if args.auto:
+                    screen = attribute_nodes(model, pairs, method=args.auto, nodes=nodes)
+                    v = verify_nodes(model, pairs, screen, "auto", top_k=10)
+                    found = len(set(truth[:10]) & set(v.nodes)) / 10
+                    ratio = (v.exhaustive_passes or 0) / v.forward_passes
+                    cells.append(f"{found:>6.0%} ({ratio:.1f}x)")
                 print(
-                    f"{spec:<18}{task:<14}{label:<20}{len(nodes):>6}"
-                    + "".join(f"{r:>11.0%}" for r in row),
-                    flush=True,
+                    f"{spec:<18}{task:<14}{label:<20}{len(nodes):>6}" + "".join(cells), flush=True
                 )
 
 

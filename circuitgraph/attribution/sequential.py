@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from circuitgraph.attribution.diagnostics import (
@@ -50,6 +50,7 @@ from circuitgraph.attribution.diagnostics import (
     GroupBound,
     _needed,
     _needed_each,
+    balanced_subsets,
     metric_gap,
     screen_effects,
     subset_effects,
@@ -524,28 +525,6 @@ def _share(p: float, together: int, n: int, m: int) -> float:
         (0.0474, 0.125)
     """
     return min(max(min(p, together / max(n, 1)), _MIN_IN / max(m, 1)), 0.5)
-
-
-def balanced_subsets(
-    n_subsets: int, n_nodes: int, p: float, generator: torch.Generator
-) -> Bool[Tensor, "s n"]:
-    """Random subsets in which every node is in exactly round(p·s) of the s subsets (at least
-    2, and out of at least 2), independently across nodes.
-
-    Each column is a random permutation, so for node n the other nodes' inclusion is
-    independent of n's and ê(n) stays unbiased for additive effects; sampling each column
-    without replacement only lowers the variance the Welch standard error assumes. No node
-    is left with too few subsets to test, as plain Bernoulli draws often leave one of
-    hundreds.
-
-    Example:
-        >>> m = balanced_subsets(8, 3, 0.25, torch.Generator().manual_seed(0))
-        >>> m.sum(0).tolist()
-        [2, 2, 2]
-    """
-    k = min(max(round(p * n_subsets), 2), n_subsets - 2)
-    ranks = torch.rand(n_subsets, n_nodes, generator=generator).argsort(dim=0).argsort(dim=0)
-    return ranks < k
 
 
 def _pooled_slope(x: Tensor, y: Tensor) -> float:
