@@ -98,7 +98,17 @@ class hooks:
     def ln2_out(layer: int) -> str:
         return f"blocks.{layer}.ln2.hook_out"
 
+    @staticmethod
+    def mlp_pre(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_pre"
+
+    @staticmethod
+    def norm_scale(layer: int, which: int) -> str:
+        """The scale (the divisor) of layer ``layer``'s norm before attention (1) or MLP (2)."""
+        return f"blocks.{layer}.ln{which}.hook_scale"
+
     final_in = "ln_final.hook_in"
+    final_scale = "ln_final.hook_scale"
 
 
 @dataclass(frozen=True)
