@@ -8,7 +8,8 @@ unembedding reads, dim 6 is a switch (-1 on every clean token, +1 on every corru
   on the corrupt one, and writes only to the private channel.
 * Layer-1 neuron 0 reads the private channel with bias -1/2: off in the clean run, so the
   gradient reaching the planted node is exactly 0 and AtP scores it 0. Patched, the planted
-  node turns it on, and it writes an effect of -``hidden_effect`` on the logit difference.
+  node turns it on, and it writes an effect of -``hidden_effect`` on the logit difference:
+  1.2 times the largest direct effect of an ordinary neuron, so among the true top 5.
 * Every other neuron is random: layer-0 neurons read the embedding and write to dims 0-5
   with heavy-tailed sizes (effects AtP sees exactly), layer-1 neurons read dims 0-5 through
   a ReLU (small effects AtP gets roughly right, and some interaction between nodes).
@@ -69,10 +70,10 @@ def planted_model(seed: int, d_mlp: int = 96, n_pairs: int = 4, hidden: bool = T
         fc_in1[1:, :SWITCH] = 0.5 * randn(d_mlp - 1, SWITCH)
         fc_out1[:SWITCH, 1:] = 0.05 * randn(SWITCH, d_mlp - 1)
         gap_dir = unembed[answer] - unembed[wrong]
-        # The planted effect: 1.2 x the second largest direct effect of an ordinary neuron.
+        # The planted effect: 1.2 x the largest direct effect of an ordinary neuron.
         act = torch.relu(emb[1 : 1 + 2 * n_pairs] @ fc_in0[1:].T + p["layers.0.mlp.fc_in.bias"][1:])
         direct = (act[n_pairs:] - act[:n_pairs]).mean(0) * (gap_dir @ fc_out0[:, 1:])
-        hidden_effect = 1.2 * float(direct.abs().sort(descending=True).values[1])
+        hidden_effect = 1.2 * float(direct.abs().max())
         # The gate's input is 1/2 once the planted node is on; it writes along the difference.
         fc_out1[:, 0] = -2.0 * hidden_effect * gap_dir / gap_dir.dot(gap_dir)
     clean = [[0, 1 + i] for i in range(n_pairs)]
