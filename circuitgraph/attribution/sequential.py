@@ -604,7 +604,7 @@ def diagnose_until(
     bound_target: float = 0.1,
     gap: float | None = None,
     budget: float | None = None,
-    groups: str | Callable[[Node], str] = "none",
+    groups: str | Callable[[Node], str] = "layer",
     confidence: float = 0.95,
     p: float = 0.25,
     first_subsets: int = 32,

@@ -211,7 +211,7 @@ def verify_auto(
     min_effect: float | None = None,
     confidence: float = 0.95,
     budget: float | None = None,
-    groups: str | Callable[[Node], str] = "none",
+    groups: str | Callable[[Node], str] = "layer",
     p: float = 0.25,
     first_subsets: int = 32,
     correction: str = "paper",
