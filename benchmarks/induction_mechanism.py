@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from circuitgraph import load_model
-from circuitgraph.arch import hook_site, hooks
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.nodes import Node
 from circuitgraph.run import attached, capture
 from circuitgraph.tasks import make_pairs
@@ -92,6 +92,7 @@ def main() -> None:
     metric = get_metric("logit_diff")
     frozen = Frozen(model, pairs, info.n_layers)
     nodes = [Node.parse(x) for x in NODES]
+    hook_site = Arch.of(model).node_site
     corrupt = capture(model, pairs.corrupt, sorted({hook_site(n).name for n in nodes}))
 
     def value(fwd: list[tuple[str, Callable[..., Any]]], grad_at: str | None = None) -> Any:

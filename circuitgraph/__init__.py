@@ -32,12 +32,14 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # errors
     "CircuitGraphError": "circuitgraph.errors",
+    "CircuitGraphWarning": "circuitgraph.errors",
     "ConfigError": "circuitgraph.errors",
     "DataError": "circuitgraph.errors",
     "ExportError": "circuitgraph.errors",
     "MetricError": "circuitgraph.errors",
     "ModelLoadError": "circuitgraph.errors",
     "ModelStateError": "circuitgraph.errors",
+    "ToolMissingError": "circuitgraph.errors",
     # models, nodes, data
     "ModelInfo": "circuitgraph.model",
     "load_model": "circuitgraph.model",
@@ -56,7 +58,14 @@ _EXPORTS: dict[str, str] = {
     "patch_nodes": "circuitgraph.patching",
     "patch_edges": "circuitgraph.patching",
     "evaluate_circuit": "circuitgraph.patching",
+    "evaluate_circuits": "circuitgraph.patching",
     "faithfulness_curve": "circuitgraph.patching",
+    # MIB's integrated faithfulness scores
+    "MIB_FRACTIONS": "circuitgraph.faithfulness",
+    "MIBScores": "circuitgraph.faithfulness",
+    "cmd": "circuitgraph.faithfulness",
+    "cpr": "circuitgraph.faithfulness",
+    "mib_scores": "circuitgraph.faithfulness",
     # attribution
     "attribute_nodes": "circuitgraph.attribution",
     "attribute_edges": "circuitgraph.attribution",
@@ -69,6 +78,9 @@ _EXPORTS: dict[str, str] = {
     "circuit_edges": "circuitgraph.graph",
     "write": "circuitgraph.export",
     "read": "circuitgraph.export",
+    # can this model's numbers be trusted?
+    "check": "circuitgraph.selfcheck",
+    "Verdict": "circuitgraph.selfcheck",
     # the whole pipeline
     "discover": "circuitgraph.pipeline",
     "DiscoverConfig": "circuitgraph.pipeline",
@@ -76,7 +88,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "MIB_FRACTIONS",
     "CircuitGraphError",
+    "CircuitGraphWarning",
     "ConfigError",
     "DataError",
     "DiscoverConfig",
@@ -84,6 +98,7 @@ __all__ = [
     "Edge",
     "EdgeScores",
     "ExportError",
+    "MIBScores",
     "MetricError",
     "ModelInfo",
     "ModelLoadError",
@@ -92,22 +107,29 @@ __all__ = [
     "NodeScores",
     "PromptPairs",
     "TextPair",
+    "ToolMissingError",
+    "Verdict",
     "__version__",
     "attribute_edges",
     "attribute_nodes",
     "build_circuit",
+    "check",
     "circuit_edges",
+    "cmd",
+    "cpr",
     "diagnose",
     "discover",
     "edge_candidates",
     "enumerate_nodes",
     "evaluate_circuit",
+    "evaluate_circuits",
     "faithfulness_curve",
     "get_metric",
     "load_model",
     "load_pairs",
     "make_pairs",
     "method_names",
+    "mib_scores",
     "patch_edges",
     "patch_nodes",
     "read",
@@ -127,20 +149,30 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     )
     from circuitgraph.errors import (
         CircuitGraphError,
+        CircuitGraphWarning,
         ConfigError,
         DataError,
         ExportError,
         MetricError,
         ModelLoadError,
         ModelStateError,
+        ToolMissingError,
     )
     from circuitgraph.export import read, write
+    from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, cmd, cpr, mib_scores
     from circuitgraph.graph import build_circuit, circuit_edges
     from circuitgraph.model import ModelInfo, load_model
     from circuitgraph.nodes import Edge, Node, enumerate_nodes
-    from circuitgraph.patching import evaluate_circuit, faithfulness_curve, patch_edges, patch_nodes
+    from circuitgraph.patching import (
+        evaluate_circuit,
+        evaluate_circuits,
+        faithfulness_curve,
+        patch_edges,
+        patch_nodes,
+    )
     from circuitgraph.pipeline import DiscoverConfig, Discovery, discover
     from circuitgraph.scores import EdgeScores, NodeScores
+    from circuitgraph.selfcheck import Verdict, check
     from circuitgraph.tasks import (
         PromptPairs,
         TextPair,

@@ -56,6 +56,7 @@ __all__ = [
     "edge_attributes",
     "model_attrs",
     "node_attributes",
+    "path_growth",
 ]
 
 #: kinds an edge may start from / end at
@@ -184,6 +185,98 @@ def circuit_from_edges(
             "circuit is empty; select more edges or lower the threshold"
         )
     return G
+
+
+def path_growth(
+    edges: Sequence[Edge | str], heads_per_kv: int | None = None
+) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """When each node and edge joins the circuit as the ranked ``edges`` are added one by one.
+
+    The circuit of the top k edges is :func:`circuit_from_edges` of ``edges[:k]``: its
+    internal edges added, what lies on no ``input`` → ``logits`` path dropped. Adding edges
+    never removes a path, so each node and edge (internal ones included) appears at one size
+    and stays: this returns that smallest k for every node id and every ``(u, v)`` id pair
+    that appears at all. Reachability grows incrementally, so the cost is linear in the edges
+    (what the HTML viewer's size slider walks).
+
+    Example:
+        >>> nodes, grown = path_growth(["input->a0.h0<q>", "input->logits", "a0.h0->logits"])
+        >>> grown[("input", "logits")], grown[("a0.h0<q>", "a0.h0")], nodes["a0.h0"]
+        (2, 3, 3)
+    """
+    ranked = [_as_edge(e) for e in edges]
+    appear: dict[Node, int] = {}
+    for k, e in enumerate(ranked, 1):
+        _check_edge(e)
+        appear.setdefault(e.src, k)
+        appear.setdefault(e.dst, k)
+    internal = _internal_edges(list(appear), heads_per_kv)
+    added = [(k, e.src, e.dst) for k, e in enumerate(ranked, 1)]
+    added += [(max(appear[t], appear[s]), t, s) for t, s in internal]
+    added.sort(key=lambda x: x[0])  # stable: scored edges keep their rank order
+    grown = _Growth()
+    for k, u, v in added:
+        grown.add(k, u, v)
+    node_at: dict[str, int] = {}
+    for (u, v), k in grown.at.items():
+        for n in (u, v):
+            node_at[n.id] = min(k, node_at.get(n.id, k))
+    return node_at, {(u.id, v.id): k for (u, v), k in grown.at.items()}
+
+
+class _Growth:
+    """Forward (from ``input``) and backward (to ``logits``) reachability, grown edge by edge."""
+
+    def __init__(self) -> None:
+        self.succ: dict[Node, list[Node]] = defaultdict(list)
+        self.pred: dict[Node, list[Node]] = defaultdict(list)
+        self.fwd: set[Node] = set()
+        self.bwd: set[Node] = set()
+        self.at: dict[tuple[Node, Node], int] = {}  # edge -> the size at which it is on a path
+
+    def add(self, k: int, u: Node, v: Node) -> None:
+        self.succ[u].append(v)
+        self.pred[v].append(u)
+        if u.kind == "input":
+            self._forward(u, k)
+        if u in self.fwd:
+            self._forward(v, k)
+        if v.kind == "logits":
+            self._backward(v, k)
+        if v in self.bwd:
+            self._backward(u, k)
+        if u in self.fwd and v in self.bwd:
+            self.at.setdefault((u, v), k)
+
+    def _forward(self, start: Node, k: int) -> None:
+        """``start`` and all it reaches join the forward set; edges into the backward set count."""
+        if start in self.fwd:
+            return
+        self.fwd.add(start)
+        stack = [start]
+        while stack:
+            x = stack.pop()
+            for y in self.succ[x]:
+                if y in self.bwd:
+                    self.at.setdefault((x, y), k)
+                if y not in self.fwd:
+                    self.fwd.add(y)
+                    stack.append(y)
+
+    def _backward(self, start: Node, k: int) -> None:
+        """``start`` and all that reaches it join the backward set; edges from the forward set count."""
+        if start in self.bwd:
+            return
+        self.bwd.add(start)
+        stack = [start]
+        while stack:
+            x = stack.pop()
+            for w in self.pred[x]:
+                if w in self.fwd:
+                    self.at.setdefault((w, x), k)
+                if w not in self.bwd:
+                    self.bwd.add(w)
+                    stack.append(w)
 
 
 def node_attributes(node: Node) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
-from circuitgraph.errors import ConfigError
+from circuitgraph.errors import ConfigError, ModelStateError
 from circuitgraph.model import ModelInfo
 
 __all__ = [
@@ -196,16 +196,22 @@ def edge_targets(info: ModelInfo) -> list[Node]:
     return [*out, Node("logits")]
 
 
-def can_feed(src: Node, dst: Node) -> bool:
-    """Whether ``src`` writes to the residual stream before ``dst`` reads it (sequential blocks).
+def can_feed(src: Node, dst: Node, parallel: bool = False) -> bool:
+    """Whether ``src`` writes to the residual stream before ``dst`` reads it.
+
+    In a sequential block the MLP reads the attention's write; with ``parallel`` blocks
+    (GPT-NeoX, GPT-J, Phi, Falcon) the attention and the MLP of a layer both read the
+    residual stream before the layer, so no head feeds its own layer's MLP.
 
     Example:
         >>> can_feed(Node("head", 1, 0), Node("mlp", 1)), can_feed(Node("mlp", 1), Node("q", 1, 0))
         (True, False)
+        >>> can_feed(Node("head", 1, 0), Node("mlp", 1), parallel=True)
+        False
     """
     if dst.kind == "logits" or src.kind == "input":
         return True
-    if dst.kind == "mlp" and src.kind == "head":
+    if dst.kind == "mlp" and src.kind == "head" and not parallel:
         return src.layer <= dst.layer
     return src.layer < dst.layer
 
@@ -412,6 +418,12 @@ def _checked_kinds(
         raise ConfigError("per-position nodes need the sequence length (seq_len)")
     if info.attn_only and ({"mlp", "neuron"} & set(kinds)):
         kinds = [k for k in kinds if k not in ("mlp", "neuron")]
+    if info.moe and "neuron" in kinds:
+        raise ModelStateError(
+            "neuron nodes need one MLP per layer but this model routes each token to experts "
+            "(mixture of experts); score whole MLPs (kind 'mlp') instead, heads, q/k/v, MLP "
+            "nodes and every edge method still work"
+        )
     return kinds
 
 

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,10 +32,12 @@ from circuitgraph.attribution import (
 from circuitgraph.attribution.diagnostics import Diagnosis
 from circuitgraph.attribution.verify import Verification
 from circuitgraph.errors import ConfigError
+from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, check_fractions, mib_scores
 from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_curve, patch_edges
+from circuitgraph.run import NONLINEAR, far_from_exact, metric_gap
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.pairs import PromptPairs
 
@@ -62,6 +65,8 @@ class DiscoverConfig:
     edge_threshold: float | None = None
     edge_greedy: int | None = None
     curve_sizes: tuple[int, ...] = (5, 10, 20, 50, 100)
+    #: fractions of the model's edges for MIB's CPR/CMD (empty: skip them)
+    edge_fractions: tuple[float, ...] = MIB_FRACTIONS
     batch_size: int = 32
     seed: int = 0
 
@@ -74,8 +79,30 @@ class DiscoverConfig:
                 "expected exactly one edge selection (top-n, threshold or greedy) but got "
                 f"{len(chosen)}; pass one of them"
             )
-        if self.keep_nodes < 1 or self.verify_k < 0:
-            raise ConfigError("expected keep_nodes >= 1 and verify_k >= 0")
+        for name, low in (("keep_nodes", 1), ("verify_k", 0), ("batch_size", 1)):
+            _at_least(name, getattr(self, name), low)
+        if self.diagnose_subsets != 0:
+            _at_least("diagnose_subsets (or 0 to skip the bound)", self.diagnose_subsets, 4)
+        for name in ("diagnose_p", "confidence"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:  # also refuses NaN
+                raise ConfigError(f"expected {name} strictly between 0 and 1 but got {value}")
+        if self.edge_top_n is not None:
+            _at_least("edge_top_n", self.edge_top_n, 1)
+        if self.edge_greedy is not None:
+            _at_least("edge_greedy", self.edge_greedy, 1)
+        if self.edge_threshold is not None and not 0.0 <= self.edge_threshold < math.inf:
+            raise ConfigError(
+                f"expected edge_threshold to be a finite number >= 0 (edges with |score| at least "
+                f"that) but got {self.edge_threshold}"
+            )
+        if self.edge_fractions:
+            check_fractions(self.edge_fractions)
+
+
+def _at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"expected {name} to be a whole number >= {low} but got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +117,8 @@ class Discovery:
     faithfulness: CircuitEval
     curve: list[tuple[int, float]]
     timings: dict[str, float] = field(default_factory=dict)
+    #: MIB's CPR and CMD over ``DiscoverConfig.edge_fractions`` (None when skipped)
+    mib: MIBScores | None = None
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -161,6 +190,10 @@ def discover_circuit(
     info = model_info(model)
     c, n = config, len(pairs)
     t: dict[str, float] = {}
+    with _timed(t, "check"):
+        # Degenerate pairs are refused and a vanishing clean − corrupt gap is warned about
+        # before any screening: two forward passes per pair, against minutes of work.
+        metric_gap(model, pairs, c.metric, c.batch_size).warn()
     with _timed(t, "screen"):
         nodes = attribute_nodes(
             model, pairs, c.metric, c.node_method, c.kinds, c.per_position, c.batch_size,
@@ -174,6 +207,7 @@ def discover_circuit(
                 model, pairs, nodes, k=k, batch_size=c.batch_size,
                 progress=stages("verify top nodes", n * k),
             )  # fmt: skip
+    estimate_warning = _estimate_warning(verification)
     diagnosis = _diagnose(model, pairs, nodes, verification, c, stages, t)
     with _timed(t, "edges"):
         cands = edge_candidates(info, _whole_nodes(nodes, c.keep_nodes), keep=None)
@@ -195,16 +229,61 @@ def discover_circuit(
         _add_exact_edges(model, pairs, circuit, kept, c, stages)
     with _timed(t, "faithfulness"):
         faith = evaluate_circuit(model, pairs, kept, c.metric, c.batch_size)
-        sizes = sorted({s for s in c.curve_sizes if s <= len(edges)} | {len(kept)})
-        curve = faithfulness_curve(model, pairs, edges, sizes, c.metric, c.batch_size)
+        mib, curve = _curves(model, pairs, edges, circuit, c, stages)
     circuit.graph.update(
         faithfulness=faith.faithfulness, faithfulness_curve=[list(p) for p in curve],
         metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
         metric_circuit=faith.metric_circuit,
         diagnostic_bound=None if diagnosis is None else diagnosis.bound,
         diagnostic_confidence=None if diagnosis is None else diagnosis.confidence,
+        mib=None if mib is None else mib.to_json(), estimate_warning=estimate_warning,
     )  # fmt: skip
-    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t)
+    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib)
+
+
+def _estimate_warning(verification: Verification | None) -> str | None:
+    """A warning for the outputs (the circuit's ``estimate_warning``, the report, the CLI
+    summary) when the verified top nodes' exact effects are far from their estimates: the
+    model is strongly non-linear along these patches (Gemma-2/3-like), or the estimate is
+    wrong for it, which ``circuitgraph check`` tells apart."""
+    if verification is None or not len(verification.nodes):
+        return None
+    gap, flips = far_from_exact(verification.estimated, verification.true)
+    if gap <= NONLINEAR and not flips:
+        return None
+    return (
+        f"the {verification.method} estimates of the verified top nodes differ from exact "
+        f"patching by up to {gap:.2f} of the largest exact effect ({flips} of "
+        f"{len(verification.nodes)} change sign), so this model is strongly non-linear along "
+        "these patches (or the estimate is wrong for it: `circuitgraph check` tells which); "
+        "trust the exact values over the estimates"
+    )
+
+
+def _curves(
+    model: Any,
+    pairs: PromptPairs,
+    edges: EdgeScores,
+    circuit: nx.DiGraph,
+    c: DiscoverConfig,
+    stages: Stages,
+) -> tuple[MIBScores | None, list[tuple[int, float]]]:
+    """The faithfulness curve of the ranking by |score| at ``curve_sizes``, the circuit's own
+    prefix and MIB's grid, and CPR/CMD on that grid (one set of shared clean/corrupt runs)."""
+    sizes = [s for s in c.curve_sizes if s <= len(edges)]
+    selection = circuit.graph["selection"]
+    if selection["rule"] != "greedy":  # a greedy circuit is not a prefix of the ranking
+        sizes.append(selection["selected"])
+    progress = stages("faithfulness curves", 0)
+    if not c.edge_fractions:
+        sizes = sorted(set(sizes))
+        return None, faithfulness_curve(
+            model, pairs, edges, sizes, c.metric, c.batch_size, progress
+        )
+    return mib_scores(
+        model, pairs, edges, c.metric, c.edge_fractions, c.batch_size,
+        extra_sizes=sizes, progress=progress,
+    )  # fmt: skip
 
 
 def _diagnose(

@@ -1,19 +1,29 @@
-"""The human-readable report of a discovered circuit (``report.md``)."""
+"""The human-readable report of a discovered circuit (``report.md``) and its faithfulness
+picture (``faithfulness.png``)."""
 
 from __future__ import annotations
 
+import io
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["report_md"]
+from circuitgraph.faithfulness import gap_warning
+from circuitgraph.text import plural
+
+__all__ = ["faithfulness_png", "report_md"]
 
 
-def report_md(found: Any, model: str | None = None, source: str | None = None) -> str:
+def report_md(
+    found: Any, model: str | None = None, source: str | None = None, picture: str | None = None
+) -> str:
     """The Markdown report of a :class:`~circuitgraph.pipeline.Discovery`.
 
-    ``model`` and ``source`` (the task or data file) default to what the circuit records.
+    ``model`` and ``source`` (the task or data file) default to what the circuit records;
+    ``picture`` is the file name of the faithfulness picture to embed (none by default).
 
     Example:
-        >>> print(report_md(found))  # doctest: +SKIP
+        >>> print(report_md(found, picture="faithfulness.png"))  # doctest: +SKIP
     """
     g = found.circuit.graph
     c = g["config"]
@@ -22,23 +32,32 @@ def report_md(found: Any, model: str | None = None, source: str | None = None) -
     lines = [
         f"# Circuit for `{source}` on `{model}`",
         "",
-        f"- metric: `{c['metric']}` over {g['n_pairs']} prompt pairs (noising: corrupt values "
-        "patched into the clean run)",
-        f"- circuit: **{g['n_nodes']} nodes, {g['n_edges']} edges** "
-        f"({c['edge_method']} edge scores among the top {c['keep_nodes']} nodes by "
+        f"- metric: `{c['metric']}` over {plural(g['n_pairs'], 'prompt pair')} (noising: "
+        "corrupt values patched into the clean run)",
+        f"- circuit: **{plural(g['n_nodes'], 'node')}, {plural(g['n_edges'], 'edge')}** "
+        f"({c['edge_method']} edge scores among the top {plural(c['keep_nodes'], 'node')} by "
         f"{c['node_method']})",
         f"- faithfulness F = (L_C − L_corrupt)/(L_clean − L_corrupt) = **{g['faithfulness']:.3f}** "
         f"(L_clean {g['metric_clean']:.3f}, L_corrupt {g['metric_corrupt']:.3f}, "
         f"L_circuit {g['metric_circuit']:.3f})",
     ]
+    warning = gap_warning(g["metric_clean"], g["metric_corrupt"])
+    if warning:
+        lines.append(f"- **{warning}**")
+    if g.get("estimate_warning"):
+        lines.append(f"- **{g['estimate_warning']}**")
+    if found.mib is not None:
+        lines.append(_mib_line(found.mib))
     d = found.diagnosis
     if d is not None:
         lines.append(
             f"- false-negative bound: with {d.confidence:.0%} confidence no unverified node has "
-            f"|effect| above **{d.bound:.4g}** ({d.n_subsets} random subsets, p = {d.p}). "
-            f"{d.caveat}"
+            f"|effect| above **{d.bound:.4g}** ({plural(d.n_subsets, 'random subset')}, "
+            f"p = {d.p}). {d.caveat}"
         )
-    lines += ["", "## Top nodes", ""]
+    if picture:
+        lines += ["", f"![Faithfulness by circuit size]({picture})"]
+    lines += ["", f"## Top nodes (ranked by {found.node_scores.method} score)", ""]
     lines += _node_table(found)
     lines += ["", "## Circuit edges", "", "| edge | estimate | exact |", "|---|---:|---:|"]
     for u, v, a in sorted(found.circuit.edges(data=True), key=lambda x: -x[2].get("score", 0)):
@@ -48,24 +67,111 @@ def report_md(found: Any, model: str | None = None, source: str | None = None) -
         lines.append(
             f"| `{u}->{v}` | {a['signed']:+.4g} | {'' if exact is None else f'{exact:+.4g}'} |"
         )
-    lines += [
-        "",
-        "## Faithfulness by circuit size (top-n edges)",
-        "",
-        "| edges | F |",
-        "|---:|---:|",
-    ]
-    lines += [f"| {n} | {f:.3f} |" for n, f in found.curve]
+    lines += ["", "## Faithfulness by circuit size (top-n edges by |score|)", ""]
+    lines += _curve_table(found)
     lines += ["", "## Timings (seconds)", ""]
     lines += [f"- {stage}: {secs:.1f}" for stage, secs in found.timings.items()]
     return "\n".join(lines) + "\n"
 
 
+def _mib_line(m: Any) -> str:
+    return (
+        f"- MIB scores over {plural(len(m.fractions), 'fraction')} of the model's "
+        f"{plural(m.n_edges, 'edge')} ({m.n_scored} scored, the rest at score 0): "
+        f"**CPR {m.cpr:.3f}** (area under F, edges ranked by signed contribution; higher is "
+        f"better), **CMD {m.cmd:.3f}** (area between F and 1, ranked by |score|; lower is "
+        "better)"
+    )
+
+
 def _node_table(found: Any) -> list[str]:
+    """The top nodes in ranking order: the score that ranks them next to the signed estimate
+    (for GradDrop the two differ, so the order is visible) and the exact effect."""
     s = found.node_scores
     exact = {r["node"]: r["true"] for r in found.verification.rows()} if found.verification else {}
-    rows = [f"| rank | node | {s.method} (signed) | exact |", "|---:|---|---:|---:|"]
+    rows = [
+        f"| rank | node | {s.method} score (ranks) | signed estimate | exact effect |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for i, n in enumerate(s.top_k(15), 1):
+        signed, score = s[n]
         x = exact.get(n.id)
-        rows.append(f"| {i} | `{n.id}` | {s[n][0]:+.4g} | {'' if x is None else f'{x:+.4g}'} |")
+        rows.append(
+            f"| {i} | `{n.id}` | {score:.4g} | {signed:+.4g} | {'' if x is None else f'{x:+.4g}'} |"
+        )
     return rows
+
+
+def _curve_table(found: Any) -> list[str]:
+    m = found.mib
+    n_edges = m.n_edges if m is not None else None
+    signed = dict(zip(m.sizes, m.cpr_curve, strict=True)) if m is not None else {}
+    head = "| edges | share of the model's edges | F (by \\|score\\|) | F (by contribution) |"
+    rows = [head, "|---:|---:|---:|---:|"] if m is not None else ["| edges | F |", "|---:|---:|"]
+    for n, f in found.curve:
+        if m is None:
+            rows.append(f"| {n} | {_f3(f)} |")
+            continue
+        share = f"{100 * n / n_edges:.3g}%" if n_edges else ""
+        by_signed = _f3(signed[n]) if n in signed else ""
+        rows.append(f"| {n} | {share} | {_f3(f)} | {by_signed} |")
+    return rows
+
+
+def _f3(x: float) -> str:
+    """Three decimals, without the "-0.000" of a tiny negative rounding error."""
+    text = f"{x:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
+def faithfulness_png(
+    curve: Sequence[Sequence[float]],
+    *,
+    mib: Mapping[str, Any] | None = None,
+    circuit_size: int | None = None,
+    title: str | None = None,
+) -> bytes:
+    """The faithfulness curve as a PNG (matplotlib, no global pyplot state).
+
+    ``curve`` holds (edges, F) points of the ranking by |score|; ``mib`` (``MIBScores.to_json()``)
+    adds the curve of the ranking by signed contribution and CPR/CMD; ``circuit_size`` marks
+    the circuit. Sizes run on a log axis, so the empty circuit (F = 0) is left out.
+
+    Example:
+        >>> faithfulness_png([(1, 0.2), (10, 0.7), (100, 1.0)], circuit_size=10)[:4]
+        b'\\x89PNG'
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    pts = sorted((int(n), float(f)) for n, f in curve if n > 0 and math.isfinite(f))
+    if pts:
+        ax.plot(*zip(*pts, strict=True), "o-", color="#1f5fbf", lw=2, ms=5,
+                label="top edges by |score|" + (" (CMD)" if mib else ""))  # fmt: skip
+    if mib:
+        signed = [(n, f) for n, f in zip(mib["sizes"], mib["cpr_curve"], strict=True) if n > 0]
+        if signed:
+            ax.plot(*zip(*signed, strict=True), "s--", color="#d07020", lw=1.5, ms=4,
+                    label="top edges by signed contribution (CPR)")  # fmt: skip
+    for y in (0.0, 1.0):
+        ax.axhline(y, color="#888888", lw=0.8, ls=":")
+    if circuit_size:
+        ax.axvline(circuit_size, color="#d03030", lw=1.2, ls="--",
+                   label=f"this circuit: the top {plural(circuit_size, 'edge')}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("edges in the circuit (top n of the ranking, log scale)")
+    ax.set_ylabel("faithfulness F")
+    heading = title or "Faithfulness by circuit size"
+    if mib:
+        heading += f"   CPR {mib['cpr']:.3f} · CMD {mib['cmd']:.3f}"
+    ax.set_title(heading, fontsize=11)
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -14,6 +14,7 @@ the result of a single process over all pairs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,15 +25,18 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitgraph.arch import hooks
-from circuitgraph.errors import ConfigError
+from circuitgraph.errors import CircuitGraphWarning, ConfigError
 from circuitgraph.model import require_eval
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric, widen
-from circuitgraph.tasks.pairs import PromptPairs
+from circuitgraph.tasks.pairs import PromptPairs, check_pairs
 
 __all__ = [
+    "GAP_REFUSE",
+    "GAP_WARN",
     "MODES",
     "BatchRun",
     "HookFn",
+    "MetricGap",
     "Mode",
     "Plan",
     "Progress",
@@ -44,7 +48,9 @@ __all__ = [
     "check_choice",
     "clean_reference",
     "clean_run",
+    "gap_sums",
     "keep",
+    "metric_gap",
     "model_device",
     "resolve",
     "rows_per_pass",
@@ -153,7 +159,9 @@ def resolve(
     progress: Progress | None = None,
 ) -> tuple[PromptPairs, Metric, RunOptions]:
     """What every public entry point does first: refuse train mode and empty data, resolve
-    the metric and options, and move the pairs to the model's device.
+    the metric and options, refuse degenerate pairs (:func:`~circuitgraph.tasks.pairs.check_pairs`:
+    token ids outside the vocabulary, answer = wrong under a metric that compares them, no
+    pair whose corrupt prompt differs) and move the pairs to the model's device.
 
     Example:
         >>> pairs, metric, opts = resolve(model, pairs, "logit_diff")  # doctest: +SKIP
@@ -162,7 +170,10 @@ def resolve(
     opts = RunOptions(batch_size, mode, progress)  # type: ignore[arg-type]
     if len(pairs) == 0:
         raise ConfigError("expected at least one prompt pair but got none")
-    return pairs.to(model_device(model)), get_metric(metric), opts
+    resolved = get_metric(metric)
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    check_pairs(pairs, None if d_vocab is None else int(d_vocab), resolved.compares_wrong)
+    return pairs.to(model_device(model)), resolved, opts
 
 
 def check_choice(what: str, value: str, options: Sequence[str]) -> None:
@@ -319,6 +330,116 @@ def base_run(model: Any, batch: PromptPairs, metric: Metric, mode: str) -> RunCo
         )
         values = check_finite(widen(metric(base_logits, batch, reference)))
     return RunContext(batch, metric, base, values, reference)
+
+
+#: faithfulness is refused when |L_clean − L_corrupt| is below this share of the metric's
+#: typical size (the mean over pairs of max(|L_clean,i|, |L_corrupt,i|)): F would then divide
+#: by a number of the order of the metric's own rounding and sampling noise
+GAP_REFUSE = 0.01
+#: below this share (but above GAP_REFUSE) faithfulness is reported with a warning: any error
+#: in L_circuit is amplified by more than 1 / GAP_WARN = 10×
+GAP_WARN = 0.1
+#: estimates (AtP, AtP*, EAP) further than this share of the largest exact effect from exact
+#: patching are warned about: the model is strongly non-linear along the patch
+NONLINEAR = 0.5
+
+
+def far_from_exact(estimate: Tensor, exact: Tensor) -> tuple[float, int]:
+    """(largest |estimate − exact| over the largest |exact|, how many of the effects above a
+    tenth of the largest have the wrong sign): how far estimates are from exact patching.
+
+    Example:
+        >>> far_from_exact(torch.tensor([1.0, -0.5]), torch.tensor([1.0, 0.5]))
+        (1.0, 1)
+    """
+    scale = float(exact.abs().max()) if exact.numel() else 0.0
+    if scale == 0.0:
+        return 0.0, 0
+    gap = float((estimate.double() - exact.double()).abs().max()) / scale
+    big = exact.abs() > 0.1 * scale
+    return gap, int(((estimate * exact < 0) & big).sum())
+
+
+@dataclass(frozen=True)
+class MetricGap:
+    """The metric's mean on the clean and the corrupt prompts, and its typical size.
+
+    ``ratio`` = |clean − corrupt| / scale with scale = mean_i max(|L_clean,i|, |L_corrupt,i|)
+    is dimensionless, so one tolerance serves every metric: it is near 0 when the corrupt
+    prompts barely move the metric, or when pairs moving it in opposite directions cancel.
+
+    Example:
+        >>> MetricGap(clean=2.0, corrupt=1.999, scale=2.0).refusal is not None
+        True
+        >>> MetricGap(clean=2.0, corrupt=-1.0, scale=2.0).ratio
+        1.5
+    """
+
+    clean: float
+    corrupt: float
+    scale: float
+
+    @property
+    def gap(self) -> float:
+        return self.clean - self.corrupt
+
+    @property
+    def ratio(self) -> float:
+        return abs(self.gap) / self.scale if self.scale > 0 else 0.0
+
+    @property
+    def refusal(self) -> str | None:
+        """Why faithfulness is not computed, or None when the gap is large enough."""
+        if self.ratio >= GAP_REFUSE:
+            return None
+        return (
+            f"faithfulness not computed: the metric's clean − corrupt gap ({self.gap:.3g}) is "
+            f"below {GAP_REFUSE:.0%} of its typical size ({self.scale:.3g}), so F would divide "
+            "by noise; use corrupt prompts that change the behaviour"
+        )
+
+    @property
+    def caution(self) -> str | None:
+        """A warning for a small but usable gap, else None (see :data:`GAP_WARN`)."""
+        if self.refusal is not None or self.ratio >= GAP_WARN:
+            return None
+        return (
+            f"the metric's clean − corrupt gap ({self.gap:.3g}) is only {self.ratio:.0%} of its "
+            f"typical size ({self.scale:.3g}); faithfulness amplifies any error in the circuit's "
+            f"metric {1 / self.ratio:.0f}×, read it with care"
+        )
+
+    def warn(self) -> None:
+        """Emit the refusal or the caution as a :class:`~circuitgraph.errors.CircuitGraphWarning`."""
+        text = self.refusal or self.caution
+        if text is not None:
+            warnings.warn(text, CircuitGraphWarning, stacklevel=3)
+
+
+def metric_gap(
+    model: Any, pairs: PromptPairs, metric: str | Metric = "logit_diff", batch_size: int = 32
+) -> MetricGap:
+    """The metric on the clean and corrupt prompts (one forward each per pair).
+
+    Example:
+        >>> metric_gap(model, pairs, "logit_diff").ratio > 0.01  # doctest: +SKIP
+        True
+    """
+    pairs, resolved, opts = resolve(model, pairs, metric, batch_size)
+    sums = torch.zeros(3, dtype=torch.float64)
+    for batch in opts.batches(pairs):
+        ctx = base_run(model, batch, resolved, "noising")
+        with torch.no_grad():
+            corrupt, _ = run_metric(model, batch.corrupt, batch, resolved, ctx.reference)
+        sums += gap_sums(ctx.base_metric, corrupt)
+    clean, corrupt_mean, scale = (opts.reduce(sums) / len(pairs)).tolist()
+    return MetricGap(clean, corrupt_mean, scale)
+
+
+def gap_sums(clean: Tensor, corrupt: Tensor) -> Tensor:
+    """[Σ L_clean, Σ L_corrupt, Σ max(|L_clean|, |L_corrupt|)] over a batch, in float64."""
+    c, n = clean.double().cpu(), corrupt.double().cpu()
+    return torch.stack([c.sum(), n.sum(), torch.maximum(c.abs(), n.abs()).sum()])
 
 
 # --------------------------------------------------------------------------------------

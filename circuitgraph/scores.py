@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitgraph.errors import ConfigError, DataError
+from circuitgraph.errors import ConfigError, DataError, malformed
 from circuitgraph.nodes import Edge, Node, NodeArray
 
 __all__ = ["EdgeScores", "NodeScores"]
@@ -115,8 +115,15 @@ class NodeScores:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NodeScores:
+    def from_json(cls, data: dict[str, Any], where: str = "the document") -> NodeScores:
+        """Read :meth:`to_json` back; a document of the wrong shape is a one-sentence
+        :class:`~circuitgraph.errors.DataError` naming ``where``."""
         _check_schema(data, "circuitgraph.node_scores/1", "node scores (nodes.json)")
+        with malformed("node scores document (nodes.json)", where):
+            return cls._from_json(data)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> NodeScores:
         rows = data["nodes"]
         return cls(
             nodes=tuple(Node.parse(r["id"]) for r in rows),
@@ -229,8 +236,15 @@ class EdgeScores:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EdgeScores:
+    def from_json(cls, data: dict[str, Any], where: str = "the document") -> EdgeScores:
+        """Read :meth:`to_json` back; a document of the wrong shape is a one-sentence
+        :class:`~circuitgraph.errors.DataError` naming ``where``."""
         _check_schema(data, "circuitgraph.edge_scores/1", "edge scores (edges.json)")
+        with malformed("edge scores document (edges.json)", where):
+            return cls._from_json(data)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> EdgeScores:
         sources = tuple(Node.parse(s) for s in data["sources"])
         targets = tuple(Node.parse(t) for t in data["targets"])
         si = {n: i for i, n in enumerate(sources)}

@@ -2,48 +2,101 @@
 
 from __future__ import annotations
 
-import sys
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from circuitgraph.errors import CircuitGraphError, ConfigError
+from circuitgraph.errors import ConfigError, ToolMissingError
+from circuitgraph.text import plural
 
-from . import common
+from . import common, guard
 from .common import DEFAULT_MODEL, Output, dumps, out_dir, user_errors, write
 from .report import manifest
 
+# Every command runs inside guard.GuardedGroup: one line and a documented exit code for every
+# failure (0 ok, 1 error, 2 usage, 130 SIGINT, 143 SIGTERM), nothing half-written left.
 app = typer.Typer(
     name="circuitgraph",
     help="Edge-level circuit discovery for transformer language models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rendering it with rich costs a quarter of a second at every --help.
+    rich_markup_mode=None,
+    cls=guard.GuardedGroup,
 )
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="CIRCUITGRAPH_DEBUG",
+            help="Show the traceback of an error instead of one line.",
+        ),
+    ] = False,
+) -> None:
+    """Edge-level circuit discovery for transformer language models."""
+
 
 # ---- shared options ----------------------------------------------------------------------
 Model = Annotated[
-    str, typer.Option("--model", "-m", help="zoo:NAME, a local HF directory, or a hub name.")
+    str,
+    typer.Option(
+        "--model", "-m", help="zoo:NAME, a local HF directory, a .gguf file, or a hub name."
+    ),
 ]
 Task = Annotated[str | None, typer.Option(help="Built-in task (see `circuitgraph tasks`).")]
 Data = Annotated[Path | None, typer.Option(help="JSONL or CSV of clean, corrupt, answer, wrong.")]
 MetricOpt = Annotated[str, typer.Option(help="logit_diff, logprob, prob or kl.")]
 NPairs = Annotated[
-    int, typer.Option("--n-pairs", help="Prompt pairs to generate (or read at most).")
+    int, typer.Option("--n-pairs", min=1, help="Prompt pairs to generate (or read at most).")
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Pairs per forward pass.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per forward pass.")]
 Device = Annotated[
     str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 ]
 Dtype = Annotated[str | None, typer.Option(help="float32 (default), bfloat16, float16, float64.")]
 Seed = Annotated[int, typer.Option(help="Seed for generated pairs and random subsets.")]
+Bos = Annotated[
+    bool | None,
+    typer.Option(
+        "--bos/--no-bos",
+        help="Prepend the BOS token to every prompt, or never (default: as the model's "
+        "tokenizer does).",
+    ),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated node kinds: head,q,k,v,mlp,neuron.")]
 PerPosition = Annotated[bool, typer.Option("--per-position", help="One node per token position.")]
+EdgeFractions = Annotated[
+    str | None,
+    typer.Option(
+        "--edge-fractions",
+        help="Fractions of the model's edges for MIB's CPR/CMD, comma-separated "
+        "(default: MIB's 0.001,0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.5,1; 'none' skips them).",
+    ),
+]
+
+
+def _open_unit(value: float) -> float:
+    """A probability strictly between 0 and 1 (NaN refused), else a usage error."""
+    if not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"expected a number strictly between 0 and 1 but got {value}")
+    return value
+
+
+def _threshold(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value < math.inf:  # also refuses NaN
+        raise typer.BadParameter(f"expected a finite number >= 0 but got {value}")
+    return value
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -51,9 +104,10 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _setup(model: str, task: str | None, data: Path | None, n_pairs: int, seed: int,
-           device: str | None, dtype: str | None) -> tuple[Any, Any, Any, str]:  # fmt: skip
+           device: str | None, dtype: str | None,
+           bos: bool | None = None) -> tuple[Any, Any, Any, str]:  # fmt: skip
     mdl, info = common.load(model, device, dtype)
-    pairs, source = common.load_data(mdl, info, task, data, n_pairs, seed)
+    pairs, source = common.load_data(mdl, info, task, data, n_pairs, seed, bos)
     return mdl, info, pairs, source
 
 
@@ -67,31 +121,41 @@ def discover(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     node_method: Annotated[str, typer.Option(help="Node screening method.")] = "atp*",
     edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
     kinds: Kinds = "head,q,k,v,mlp",
     per_position: PerPosition = False,
-    keep_nodes: Annotated[int, typer.Option(help="Top nodes kept for edge attribution.")] = 20,
-    verify_k: Annotated[int, typer.Option(help="Top nodes verified by exact patching.")] = 10,
+    keep_nodes: Annotated[
+        int, typer.Option(min=1, help="Top nodes kept for edge attribution.")
+    ] = 20,
+    verify_k: Annotated[
+        int, typer.Option(min=0, help="Top nodes verified by exact patching.")
+    ] = 10,
     diagnose_subsets: Annotated[
-        int, typer.Option(help="Random subsets for the bound (0: skip).")
+        int, typer.Option(min=0, help="Random subsets for the bound (0: skip; else >= 4).")
     ] = 100,
     edge_top_n: Annotated[
-        int | None, typer.Option(help="Keep the n highest-scoring edges.")
+        int | None, typer.Option(min=1, help="Keep the n highest-scoring edges.")
     ] = None,
     edge_threshold: Annotated[
-        float | None, typer.Option(help="Keep edges with |score| >= this.")
+        float | None,
+        typer.Option(callback=_threshold, help="Keep edges with |score| >= this."),
     ] = None,
     greedy: Annotated[
-        int | None, typer.Option(help="Grow n edges from the logits backwards.")
+        int | None, typer.Option(min=1, help="Grow n edges from the logits backwards.")
     ] = None,
+    fractions: EdgeFractions = None,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Run the whole pipeline and write circuit.json, .dot, .svg/.png, CSVs and a report."""
+    """Run the whole pipeline; write circuit.json/.dot/.svg/.png/.html, CSVs, faithfulness.png
+    and a report."""
+    from circuitgraph.faithfulness import gap_warning
     from circuitgraph.pipeline import DiscoverConfig, discover_circuit
+    from circuitgraph.tasks.pairs import resolve_bos
 
     show = Output(quiet, json)
     with user_errors():
@@ -102,22 +166,33 @@ def discover(
             metric=metric, node_method=node_method, kinds=_kinds(kinds), per_position=per_position,
             verify_k=verify_k, diagnose_subsets=diagnose_subsets, keep_nodes=keep_nodes,
             edge_method=edge_method, edge_top_n=edge_top_n, edge_threshold=edge_threshold,
-            edge_greedy=greedy, batch_size=batch_size, seed=seed,
+            edge_greedy=greedy, edge_fractions=common.edge_fractions(fractions),
+            batch_size=batch_size, seed=seed,
         )  # fmt: skip
         folder = out_dir(out)
-        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
+        used_bos = resolve_bos(mdl.tokenizer, bos)
+        attrs = {**_where(model, source, data), "bos": used_bos}
         with show.stages() as stages:
-            found = discover_circuit(mdl, pairs, config, stages, attrs=_where(model, source, data))
-        written = _write_discovery(folder, found, model, source, asdict(config), show)
+            found = discover_circuit(mdl, pairs, config, stages, attrs=attrs)
+        settings = {**asdict(config), "bos": used_bos}
+        written = _write_discovery(folder, found, model, source, settings, show)
         g = found.circuit.graph
+        mib = g.get("mib")
         summary = {
             "out": str(folder), "files": written, "n_nodes": g["n_nodes"], "n_edges": g["n_edges"],
             "faithfulness": g["faithfulness"], "diagnostic_bound": g["diagnostic_bound"],
+            "cpr": mib and mib["cpr"], "cmd": mib and mib["cmd"],
         }  # fmt: skip
+        warning = gap_warning(g["metric_clean"], g["metric_corrupt"])
         show.result(
             summary,
-            f"circuit: {g['n_nodes']} nodes, {g['n_edges']} edges, faithfulness "
-            f"{g['faithfulness']:.3f} ({metric}) -> {folder}/ ({', '.join(written)})",
+            f"circuit: {plural(g['n_nodes'], 'node')}, {plural(g['n_edges'], 'edge')}, "
+            f"faithfulness {g['faithfulness']:.3f} ({metric})"
+            + (f", CPR {mib['cpr']:.3f}, CMD {mib['cmd']:.3f}" if mib else "")
+            + (f"\n{warning}" if warning else "")
+            + (f"\nwarning: {g['estimate_warning']}" if g.get("estimate_warning") else "")
+            + f"\n-> {folder}/ ({', '.join(written)})",
         )
 
 
@@ -133,20 +208,32 @@ def _write_discovery(
 ) -> list[str]:
     from circuitgraph import export
     from circuitgraph.graph import circuit_edges
+    from circuitgraph.report import faithfulness_png, report_md
 
     if not common.lead():  # under torchrun every rank holds the same results; rank 0 writes
         return []
     exact = {r["node"]: r["true"] for r in found.verification.rows()} if found.verification else {}
     in_circuit = {e.id for e in circuit_edges(found.circuit)}
-    files = {
+    g = found.circuit.graph
+    title = f"{source} · {model}"
+    selection = g["selection"]
+    files: dict[str, str | bytes] = {
         "circuit.json": dumps(export.to_json(found.circuit)),
         "circuit.dot": export.to_dot(found.circuit).source,
+        "circuit.html": export.to_html(
+            found.circuit, scores=found.edge_scores, node_scores=found.node_scores,
+            verified=exact, title=title,
+        ),
+        "faithfulness.png": faithfulness_png(
+            found.curve, mib=g.get("mib"), title=title,
+            circuit_size=selection["selected"] if selection["rule"] != "greedy" else None,
+        ),
         "nodes.csv": common.node_csv(found.node_scores, exact),
         "edges.csv": common.edge_csv(found.edge_scores, in_circuit),
         "edges.json": dumps(found.edge_scores.to_json()),
-        "report.md": found.report,
+        "report.md": report_md(found, picture="faithfulness.png"),
         "manifest.json": dumps(manifest(model, source, config)),
-    }
+    }  # fmt: skip
     for name, text in files.items():
         write(folder / name, text)
     written = list(files)
@@ -154,8 +241,11 @@ def _write_discovery(
         try:
             export.render(found.circuit, folder / f"circuit.{fmt}", format=fmt)
             written.append(f"circuit.{fmt}")
-        except CircuitGraphError as err:
+        except ToolMissingError as err:  # an expected skip; a full disk is an error
             show.say(f"note: {err}")
+            guard.note(
+                str(err), skipped=["circuit.svg", "circuit.png"][len(written) - len(files) :]
+            )
             break
     return written
 
@@ -178,8 +268,9 @@ def nodes(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
-    top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
+    top: Annotated[int, typer.Option(min=0, help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
@@ -191,7 +282,7 @@ def nodes(
     with user_errors():
         common.check_names(metric, node_method=method)
         folder = out_dir(out)
-        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             scores = attribute_nodes(
                 mdl, pairs, metric, method, _kinds(kinds), per_position, batch_size,
@@ -209,7 +300,8 @@ def nodes(
                 "method": method,
                 "top": [{"node": r[0], "signed": r[1], "score": r[2]} for r in ranked],
             },
-            f"{method} over {len(scores)} nodes ({len(pairs)} pairs); top {len(ranked)} by "
+            f"{method} over {plural(len(scores), 'node')} ({plural(len(pairs), 'pair')}); "
+            f"top {len(ranked)} by "
             f"{scores.meta.get('ranked_by', '|signed|')}:\n{text}\n-> {folder}/nodes.json, nodes.csv",
         )
 
@@ -226,15 +318,16 @@ def edges(
     metric: MetricOpt = "logit_diff",
     method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
     keep_nodes: Annotated[
-        int | None, typer.Option(help="Screen nodes first and keep the top n.")
+        int | None, typer.Option(min=1, help="Screen nodes first and keep the top n.")
     ] = None,
     node_method: Annotated[str, typer.Option(help="Screening method for --keep-nodes.")] = "atp*",
     n_pairs: NPairs = 64,
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
-    top: Annotated[int, typer.Option(help="Rows of the printed ranking.")] = 10,
+    top: Annotated[int, typer.Option(min=0, help="Rows of the printed ranking.")] = 10,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
@@ -246,7 +339,7 @@ def edges(
     with user_errors():
         common.check_names(metric, node_method, method)
         folder = out_dir(out)
-        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, info, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             node_scores = None
             if keep_nodes is not None:
@@ -272,7 +365,8 @@ def edges(
                 "n_edges": len(scores),
                 "top": [{"edge": r[0], "signed": r[1]} for r in ranked],
             },
-            f"{method} over {len(scores)} edges ({len(pairs)} pairs):\n{text}\n-> {folder}/edges.json, edges.csv",
+            f"{method} over {plural(len(scores), 'edge')} ({plural(len(pairs), 'pair')}):\n{text}"
+            f"\n-> {folder}/edges.json, edges.csv",
         )
 
 
@@ -291,31 +385,53 @@ def verify(
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Annotated[
         int, typer.Option(help="Seed for generated pairs (use another for held-out pairs).")
     ] = 0,
+    scores: Annotated[
+        Path | None,
+        typer.Option(
+            help="edges.json from discover/edges: CPR/CMD rank these edges (default: the "
+            "circuit's own edges by score, the model's other edges after them at score 0)."
+        ),
+    ] = None,
+    fractions: EdgeFractions = None,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Exact checks of a circuit: faithfulness and each edge's exact effect; writes verify.json."""
+    """Exact checks of a circuit: faithfulness, each edge's exact effect and MIB's CPR/CMD;
+    writes verify.json."""
     from circuitgraph.export import read
+    from circuitgraph.export.files import load_json
+    from circuitgraph.faithfulness import gap_warning, mib_scores
     from circuitgraph.graph import circuit_edges
     from circuitgraph.patching import evaluate_circuit, patch_edges
+    from circuitgraph.scores import EdgeScores
 
     show = Output(quiet, json)
     with user_errors():
         g = read(circuit)
         model = model or _from_graph(g, "model", "--model")
         metric = metric or str(g.graph.get("metric", "logit_diff"))
+        if bos is None and isinstance(g.graph.get("bos"), bool):
+            bos = g.graph["bos"]  # the pairs the circuit was found on
         if data is None and task is None:
             recorded = g.graph.get("data")
             data = Path(recorded) if recorded else None
             task = None if data else _from_graph(g, "task", "--task or --data")
+        grid = common.edge_fractions(fractions)
+        ranked = (
+            EdgeScores.from_json(load_json(scores, "edge scores"))
+            if scores is not None
+            else _own_ranking(g)
+        )
         folder = out_dir(out)
-        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, source = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         kept = circuit_edges(g)
         faith = evaluate_circuit(mdl, pairs, kept, metric, batch_size)
+        mib = mib_scores(mdl, pairs, ranked, metric, grid, batch_size)[0] if grid else None
         exact = patch_edges(mdl, pairs, kept, metric, batch_size=batch_size) if kept else None
         rows = [
             {
@@ -328,14 +444,39 @@ def verify(
         result = {"circuit": str(circuit), "model": model, "data": source, "metric": metric,
                   "n_pairs": len(pairs), "n_edges": len(kept), "faithfulness": faith.faithfulness,
                   "metric_clean": faith.metric_clean, "metric_corrupt": faith.metric_corrupt,
-                  "metric_circuit": faith.metric_circuit, "edges": rows}  # fmt: skip
+                  "metric_circuit": faith.metric_circuit,
+                  "mib": None if mib is None else {
+                      **mib.to_json(), "ranked": "edges.json" if scores else "circuit"},
+                  "edges": rows}  # fmt: skip
         write(folder / "verify.json", dumps(result))
+        warning = gap_warning(faith.metric_clean, faith.metric_corrupt)
         show.result(
             {k: v for k, v in result.items() if k != "edges"},
-            f"{len(kept)} edges on {len(pairs)} pairs ({source}): faithfulness {faith.faithfulness:.3f} "
-            f"(clean {faith.metric_clean:.3f}, corrupt {faith.metric_corrupt:.3f}, circuit "
-            f"{faith.metric_circuit:.3f}) -> {folder}/verify.json",
+            f"{plural(len(kept), 'edge')} on {plural(len(pairs), 'pair')} ({source}): "
+            f"faithfulness {faith.faithfulness:.3f} (clean {faith.metric_clean:.3f}, corrupt "
+            f"{faith.metric_corrupt:.3f}, circuit {faith.metric_circuit:.3f})"
+            + ("" if mib is None else "\n" + _mib_text(mib, scores))
+            + (f"\n{warning}" if warning else "")
+            + f"\n-> {folder}/verify.json",
         )
+
+
+def _own_ranking(g: Any) -> list[tuple[Any, float, float]]:
+    """The circuit's own scored edges as (edge, signed, score) rows, best first."""
+    from circuitgraph.graph import circuit_edges
+
+    rows = [(e, g.edges[e.src.id, e.dst.id].get("signed", 0.0),
+             g.edges[e.src.id, e.dst.id].get("score", 0.0)) for e in circuit_edges(g)]  # fmt: skip
+    return sorted(rows, key=lambda r: -float(r[2] or 0.0))
+
+
+def _mib_text(mib: Any, scores: Path | None) -> str:
+    ranked = f"the edges of {scores}" if scores else "the circuit's edges by score"
+    return (
+        f"MIB: CPR {mib.cpr:.3f} (higher is better), CMD {mib.cmd:.3f} (lower is better) over "
+        f"{plural(len(mib.fractions), 'fraction')} of the model's {plural(mib.n_edges, 'edge')}, "
+        f"ranking {ranked} ({mib.n_scored} scored, the rest at score 0)"
+    )
 
 
 def _from_graph(g: Any, key: str, option: str) -> str:
@@ -355,14 +496,21 @@ def diagnose(
         str, typer.Option(help="Screening method whose top nodes count as verified.")
     ] = "atp*",
     kinds: Kinds = "head,q,k,v,mlp",
-    verified: Annotated[int, typer.Option(help="Top screened nodes taken as verified.")] = 10,
-    subsets: Annotated[int, typer.Option(help="Random subsets to patch.")] = 200,
-    p: Annotated[float, typer.Option(help="Probability of each node in a subset.")] = 0.25,
-    confidence: Annotated[float, typer.Option(help="Confidence of the bound.")] = 0.95,
+    verified: Annotated[
+        int, typer.Option(min=0, help="Top screened nodes taken as verified.")
+    ] = 10,
+    subsets: Annotated[int, typer.Option(min=4, help="Random subsets to patch.")] = 200,
+    p: Annotated[
+        float, typer.Option(callback=_open_unit, help="Probability of each node in a subset.")
+    ] = 0.25,
+    confidence: Annotated[
+        float, typer.Option(callback=_open_unit, help="Confidence of the bound.")
+    ] = 0.95,
     n_pairs: NPairs = 64,
     batch_size: BatchSize = 32,
     device: Device = None,
     dtype: Dtype = None,
+    bos: Bos = None,
     seed: Seed = 0,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
@@ -376,7 +524,7 @@ def diagnose(
     with user_errors():
         common.check_names(metric, node_method=method)
         folder = out_dir(out)
-        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype)
+        mdl, _, pairs, _ = _setup(model, task, data, n_pairs, seed, device, dtype, bos)
         with show.stages() as stages:
             scores = attribute_nodes(mdl, pairs, metric, method, _kinds(kinds), batch_size=batch_size,
                                      progress=stages("screen nodes", len(pairs)))  # fmt: skip
@@ -404,14 +552,19 @@ def export_circuit(
     ],
     format: Annotated[
         str,
-        typer.Option("--format", "-f", help="svg, png, pdf, dot, json, node-link, graphml or mib."),
+        typer.Option(
+            "--format", "-f", help="svg, png, pdf, dot, html, json, node-link, graphml or mib."
+        ),
     ] = "svg",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output file (default: next to the input).")
     ] = None,
     scores: Annotated[
         Path | None,
-        typer.Option(help="edges.json from discover/edges: MIB export then scores every edge."),
+        typer.Option(
+            help="edges.json from discover/edges: MIB export then scores every edge, and the "
+            "HTML viewer's size slider walks all of them."
+        ),
     ] = None,
     quiet: Quiet = False,
     json: Json = False,
@@ -429,17 +582,47 @@ def export_circuit(
         target = out or circuit.with_name(stem + export.SUFFIX[format])
         extra: dict[str, Any] = {}
         if scores is not None:
-            if format != "mib":
-                raise ConfigError(f"expected --scores only with --format mib but got {format!r}")
-            extra["scores"] = EdgeScores.from_json(load_json(scores, "edge scores"))
+            if format not in ("mib", "html"):
+                raise ConfigError(
+                    f"expected --scores only with --format mib or html but got {format!r}"
+                )
+            extra["scores"] = EdgeScores.from_json(load_json(scores, "edge scores"), str(scores))
         export.write(g, target, format, **extra)
         show.result({"out": str(target), "format": format}, f"-> {target}")
 
 
 @app.command()
+def check(
+    model: Model = DEFAULT_MODEL,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    json: Json = False,
+) -> None:
+    """Self-checks on a model: can its numbers be trusted? One verdict per check (exit 1 if
+    one fails)."""
+    from circuitgraph.selfcheck import check as run_checks
+    from circuitgraph.selfcheck import summary
+
+    with user_errors():
+        mdl, _ = common.load(model, device, dtype)
+        verdicts = run_checks(mdl, seed=seed)
+    if json:
+        typer.echo(dumps({"model": model, "checks": [v.to_json() for v in verdicts]}))
+    else:
+        for v in verdicts:
+            typer.echo(v.line())
+        typer.echo(f"{model}: {summary(verdicts)}")
+    if any(v.status == "fail" for v in verdicts):
+        raise typer.Exit(1)
+
+
+@app.command()
 def models() -> None:
-    """List the bundled zoo models (load them with --model zoo:NAME)."""
+    """List the zoo models (load them with --model zoo:NAME): bundled, and real ones that
+    another package ships as GGUF."""
     from circuitgraph import zoo
+    from circuitgraph.tasks import TASKS
 
     found = zoo.list_models()
     if not found:
@@ -449,6 +632,14 @@ def models() -> None:
             f"zoo:{m.name:<16} {m.architecture:<10} {m.size_mb:6.2f} MB  "
             f"tasks: {', '.join(m.tasks)}"
         )
+    for p, path in zoo.packaged_models():
+        where = (
+            f"installed, {path.stat().st_size / 2**20:.0f} MB GGUF"
+            if path
+            else f"not installed: {p.install}"
+        )
+        tasks = [t.name for t in TASKS.values() if p.name in t.models]
+        typer.echo(f"zoo:{p.name:<16} {p.architecture:<10} {where}  tasks: {', '.join(tasks)}")
 
 
 @app.command()
@@ -458,7 +649,7 @@ def tasks() -> None:
 
     for t in TASKS.values():
         fits = ", ".join(f"zoo:{m}" for m in t.models) or "any model"
-        typer.echo(f"{t.name:<14} {t.description}  [fits: {fits}]")
+        typer.echo(f"{t.name:<17} {t.description}  [fits: {fits}]")
 
 
 @app.command()
@@ -475,7 +666,7 @@ def bench(
             "random:gpt2-small, random:llama-gqa-small)."
         ),
     ] = None,
-    threads: Annotated[int, typer.Option(help="Torch threads (1: CPU-time clock).")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads (1: CPU-time clock).")] = 1,
     device: Annotated[
         str,
         typer.Option(
@@ -512,7 +703,7 @@ def bench(
         try:
             pictures = plots(results)
         except ImportError:
-            typer.echo("matplotlib is not installed: no plots (pip install circuitgraph[bench])")
+            typer.echo("matplotlib is not installed: no plots (pip install matplotlib)")
             pictures = {}
         for name, data in pictures.items():
             write(folder / name, data)
@@ -522,11 +713,8 @@ def bench(
 def main() -> None:
     """Console-script entry point.
 
-    Typer reports usage errors itself (one line, exit status 2); a library error, which is
-    always a user mistake, becomes one line on stderr and exit status 1, never a traceback.
+    Every failure is one line on stderr and a documented exit status (0 ok, 1 error, 2
+    usage, 130 SIGINT, 143 SIGTERM), never a traceback unless ``--debug`` is given; see
+    ``cli/guard.py``.
     """
-    try:
-        app()
-    except CircuitGraphError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(1)
+    app()

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from circuitgraph.errors import CircuitGraphError, ConfigError, ExportError
-from circuitgraph.scores import EdgeScores, NodeScores
+from circuitgraph.errors import ConfigError, ExportError
+
+from . import guard
+
+if TYPE_CHECKING:  # torch loads only when a command needs it (fast --help)
+    from circuitgraph.scores import EdgeScores, NodeScores
 
 DEFAULT_MODEL = "zoo:attn-only-2l"
 DEFAULT_TASK = "induction"
@@ -37,11 +40,13 @@ class Output:
             typer.echo(text)
 
     def result(self, summary: dict[str, Any], text: str) -> None:
-        """The command's closing summary: one JSON object with --json, else the text."""
+        """The command's closing summary: one strict JSON object with --json (NaN and
+        infinities as null; ``warnings``, ``notes`` and ``skipped`` files when there are
+        any), else the text."""
         if not lead():
             return
         if self.as_json:
-            typer.echo(json.dumps(summary, indent=1, default=str))
+            typer.echo(dumps(with_ledger(summary), default=str), nl=False)
         elif not self.quiet:
             typer.echo(text)
 
@@ -66,21 +71,24 @@ class Output:
             yield stage
 
 
+def with_ledger(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary plus the run's warnings, notes and skipped files (when there are any)."""
+    run = guard.ledger()
+    extra = {"warnings": run.warnings, "notes": run.notes, "skipped": run.skipped}
+    return {**summary, **{k: list(v) for k, v in extra.items() if v}}
+
+
 def fail(err: Exception, code: int = 1) -> typer.Exit:
     """Print a one-line error and make the exit that goes with it."""
-    typer.echo(f"error: {err}", err=True)
+    guard.say_error(str(err))
     return typer.Exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a library error (always a user mistake) into one line and exit status 1."""
-    try:
-        yield
-    except CircuitGraphError as err:
-        raise fail(err) from None
-    except KeyboardInterrupt:
-        raise fail(Exception("interrupted")) from None
+    """Kept for the commands' structure: every error is now turned into one line and its
+    exit code by the boundary around every command (``cli/guard.py``)."""
+    yield
 
 
 def check_names(
@@ -102,6 +110,25 @@ def lead() -> bool:
     """Whether this process writes files and prints: always, except under ``torchrun``,
     where only rank 0 does (every rank computes the same results)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def edge_fractions(text: str | None) -> tuple[float, ...]:
+    """``--edge-fractions``: MIB's grid by default, ``none`` for no CPR/CMD, else a
+    comma-separated list of fractions of the model's edges."""
+    from circuitgraph.faithfulness import MIB_FRACTIONS, check_fractions
+
+    if text is None:
+        return MIB_FRACTIONS
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"expected --edge-fractions as comma-separated numbers (e.g. 0.01,0.1,1) or 'none' "
+            f"but got {text!r}"
+        ) from None
+    return check_fractions(values)
 
 
 def load(model_spec: str, device: str | None, dtype: str | None) -> tuple[Any, Any]:
@@ -134,34 +161,48 @@ def _join_process_group(device: str | None) -> str:
 
 
 def load_data(
-    model: Any, info: Any, task: str | None, data: Path | None, n_pairs: int, seed: int
+    model: Any,
+    info: Any,
+    task: str | None,
+    data: Path | None,
+    n_pairs: int,
+    seed: int,
+    bos: bool | None = None,
 ) -> tuple[Any, str]:
-    """Prompt pairs from ``--data`` or a built-in ``--task``; returns (pairs, source label)."""
+    """Prompt pairs from ``--data`` or a built-in ``--task``; returns (pairs, source label).
+    ``bos``: --bos / --no-bos (None: the tokenizer's convention)."""
     from circuitgraph.tasks import load_pairs, make_pairs
 
     if task is not None and data is not None:
         raise ConfigError("expected --task or --data but got both; pass one of them")
     if data is not None:
-        pairs = load_pairs(data, model.tokenizer, max_len=info.n_ctx)
+        pairs = load_pairs(data, model.tokenizer, max_len=info.n_ctx, bos=bos)
         if n_pairs and len(pairs) > n_pairs:
             pairs = pairs.select(slice(0, n_pairs))
         return pairs, str(data)
     name = task or DEFAULT_TASK
     if n_pairs < 1:
         raise ConfigError(f"expected --n-pairs of at least 1 but got {n_pairs}")
-    return make_pairs(name, model.tokenizer, n_pairs, seed=seed, max_len=info.n_ctx), name
+    pairs = make_pairs(name, model.tokenizer, n_pairs, seed=seed, max_len=info.n_ctx, bos=bos)
+    return pairs, name
 
 
 def out_dir(path: Path) -> Path:
     """Create the output directory, or say in one line why it cannot be used (the lead
-    process only, under ``torchrun``)."""
+    process only, under ``torchrun``).
+
+    The folders it creates are noted, so that a failed run removes them when left empty.
+    """
     if not lead():
         return path
+    guard.record_out_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".circuitgraph-write-test"
-        probe.write_text("")
-        probe.unlink()
+        probe = path / guard.PROBE
+        try:
+            probe.write_text("")
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as err:
         raise ExportError(
             f"cannot write to the output directory {str(path)!r} ({err.strerror}); choose "
@@ -208,5 +249,10 @@ def _blank(x: int | None) -> str | int:
     return "" if x is None else x
 
 
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=1, sort_keys=False) + "\n"
+def dumps(data: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON for every file and summary (the library's one sanitiser: NaN and
+    infinities become null, listed under ``warnings``). Imported here, not at the top:
+    the export package loads torch, which ``--help`` must not wait for."""
+    from circuitgraph.export.files import dumps as strict_dumps
+
+    return strict_dumps(data, indent=1, default=default)

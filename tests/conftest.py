@@ -97,7 +97,25 @@ def random_pairs(
         corrupt.append(x)
     answer = torch.randint(4, D_VOCAB, (n,), generator=g).tolist()
     wrong = torch.randint(4, D_VOCAB, (n,), generator=g).tolist()
-    return PromptPairs.from_tokens(clean, corrupt, answer, wrong)
+    return PromptPairs.from_tokens(clean, corrupt, answer, distinct(answer, wrong, 4, D_VOCAB))
+
+
+def only_first_differs(pairs: PromptPairs) -> PromptPairs:
+    """The pairs with every corrupt prompt but the first replaced by its clean prompt."""
+    from dataclasses import replace
+
+    corrupt = pairs.clean.clone()
+    corrupt[0] = pairs.corrupt[0]
+    return replace(pairs, corrupt=corrupt)
+
+
+def distinct(answer: list[int], wrong: list[int], low: int, high: int) -> list[int]:
+    """``wrong`` with every id equal to its pair's answer moved to the next id in
+    [low, high): the library refuses answer = wrong under the logit difference."""
+    return [
+        w if w != a else low + (w + 1 - low) % (high - low)
+        for a, w in zip(answer, wrong, strict=True)
+    ]
 
 
 @pytest.fixture

@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from circuitgraph.arch import (
-    grad_hook,
-    hook_site,
-    hooks,
-    norm_input_hook,
-    qk_hooks,
-    residual_writes,
-    source_hook,
-    target_site,
-)
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.errors import ConfigError
+from circuitgraph.model import ModelInfo
 from circuitgraph.nodes import Node
+
+SEQUENTIAL = Arch(ModelInfo("m", 3, 4, 2, 32, 8, 64, "RMS", True, True, False, 50, 32))
 
 ROOT = Path(__file__).parent.parent
 #: a string literal that names a hook point ("blocks.0.attn.hook_q", "hook_embed", ...)
@@ -55,17 +49,16 @@ def test_no_import_circle_in_the_package() -> None:
 
 
 def test_sites_of_every_kind() -> None:
-    assert hook_site(Node("head", 1, 2)).name == hooks.z(1)
-    assert hook_site(Node("neuron", 0, 7)).index == 7
-    assert target_site(Node("logits")).residual is None
-    assert target_site(Node("mlp", 1)).name == grad_hook("mlp", 1) == hooks.ln2_out(1)
-    assert norm_input_hook("q", 2) == hooks.resid_pre(2) and norm_input_hook(
-        "mlp", 2
-    ) == hooks.resid_mid(2)
-    assert qk_hooks(True, 0) == (hooks.rot_q(0), hooks.rot_k(0))
-    assert residual_writes([0, 1], {hooks.mlp_out(1)}) == ((1, hooks.mlp_out(1)),)
-    assert source_hook(Node("input")) == hooks.embed
+    a = SEQUENTIAL
+    assert a.node_site(Node("head", 1, 2)).name == hooks.z(1)
+    assert a.node_site(Node("neuron", 0, 7)).index == 7
+    assert a.target_site(Node("logits")).residual is None
+    assert a.target_site(Node("mlp", 1)).name == a.grad_hook("mlp", 1) == hooks.mlp_in(1)
+    assert a.norm_input_hook("q", 2) == hooks.resid_pre(2)
+    assert a.norm_input_hook("mlp", 2) == hooks.resid_mid(2)
+    assert a.residual_writes([1]) == ((1, hooks.attn_out(1)), (1, hooks.mlp_out(1)))
+    assert a.source_hook(Node("input")) == hooks.resid_pre(0)
     with pytest.raises(ConfigError, match="edge source"):
-        source_hook(Node("q", 0, 0))
+        a.source_hook(Node("q", 0, 0))
     with pytest.raises(ConfigError, match="edge target"):
-        target_site(Node("head", 0, 0))
+        a.target_site(Node("head", 0, 0))

@@ -268,3 +268,36 @@ def test_selection_order_is_the_ranking_of_edge_scores():
     )  # many ties
     for s in (es, rounded):
         assert [r.edge for r in _rows(s)] == s.ranking()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_path_growth_matches_the_circuit_of_every_prefix(seed):
+    """The viewer's slider shows {x : path_growth(x) <= k}; that must be circuit_from_edges of
+    the top k edges, internal edges included, at every k."""
+    from circuitgraph.graph import path_growth
+
+    ranked = full_scores(n_layers=3, n_heads=2, seed=seed).ranking()
+    node_at, edge_at = path_growth(ranked)
+    for k in range(len(ranked) + 1):
+        G = circuit_from_edges(ranked[:k])
+        assert {e for e, at in edge_at.items() if at <= k} == set(G.edges), k
+        assert {n for n, at in node_at.items() if at <= k} == set(G.nodes), k
+
+
+def test_path_growth_with_grouped_kv_positions_and_neurons():
+    from circuitgraph.graph import path_growth
+
+    ranked = [
+        Edge.parse(e)
+        for e in (
+            "m0.n3@1->logits@1", "input@0->a0.kv0<k>@0", "a0.h1@1->logits@1",
+            "input@1->m0@1", "input@1->a0.h1<q>@1", "a0.h0@0->logits@0", "input@0->a0.h0<q>@0",
+        )
+    ]  # fmt: skip
+    node_at, edge_at = path_growth(ranked, heads_per_kv=2)
+    for k in range(len(ranked) + 1):
+        G = circuit_from_edges(ranked[:k], heads_per_kv=2)
+        assert {e for e, at in edge_at.items() if at <= k} == set(G.edges), k
+        assert {n for n, at in node_at.items() if at <= k} == set(G.nodes), k
+    # k@0 feeds head 1 (same KV group) at the later position 1: on a path once h1@1 -> logits is in
+    assert edge_at[("a0.kv0<k>@0", "a0.h1@1")] == 3 and edge_at[("m0.n3@1", "logits@1")] == 4

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from circuitgraph.arch import hook_site
+from circuitgraph.arch import Arch
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Edge, Node, enumerate_nodes
 
@@ -76,7 +76,7 @@ def test_unknown_kind_and_missing_seq_len_are_refused(tiny_gpt2):
 def test_every_screened_node_has_a_hook_the_model_has(tiny):
     model, info = tiny
     for node in enumerate_nodes(info, ["head", "q", "k", "v", "mlp", "neuron"]):
-        assert hook_site(node).name in model.hook_dict, node.id
+        assert Arch.of(model).node_site(node).name in model.hook_dict, node.id
 
 
 @pytest.mark.parametrize("per_position", [False, True])

@@ -19,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
+from circuitgraph.arch import Arch
 from circuitgraph.attribution import (  # noqa: F401  (they register methods)
     atp,
     atp_ig,
@@ -41,8 +44,8 @@ from circuitgraph.attribution.registry import (
 )
 from circuitgraph.attribution.sequential import diagnose_until
 from circuitgraph.attribution.verify import Verification, verify_auto, verify_nodes
-from circuitgraph.errors import ModelStateError
-from circuitgraph.model import ModelInfo, model_info
+from circuitgraph.errors import ConfigError
+from circuitgraph.model import model_info
 from circuitgraph.nodes import Node, fixed, node_array
 from circuitgraph.run import Progress, resolve
 from circuitgraph.scores import EdgeScores, NodeScores
@@ -146,18 +149,26 @@ def attribute_edges(
     """
     estimator = get_estimator(method, "edge")
     pairs, resolved, opts = resolve(model, pairs, metric, batch_size, mode, progress)
-    info = model_info(model)
-    _check_sequential(info)
-    cands = candidates if candidates is not None else EdgeSet.full(info)
+    arch = Arch.of(model)
+    cands = candidates if candidates is not None else EdgeSet.full(arch.info)
+    _check_candidates(arch, cands)
     scores: EdgeScores = estimator(model, pairs, cands, resolved, opts, **options)
     check_finite(scores.signed, f"the {method} edge scores")
     return scores
 
 
-def _check_sequential(info: ModelInfo) -> None:
-    if info.parallel_blocks:
-        raise ModelStateError(
-            "edge attribution needs sequential blocks (attention, then MLP, each adding to the "
-            "residual stream) but this model computes attention and MLP in parallel; use node "
-            "attribution for it"
+def _check_candidates(arch: Arch, cands: EdgeSet) -> None:
+    """Refuse candidate edges the model does not have (a head into its own layer's MLP in
+    a parallel block: build the set with ``EdgeSet.full(info)`` or ``edge_candidates``)."""
+    if not arch.parallel or not cands.sources or not cands.targets:
+        return
+    head_layer = torch.tensor([s.layer if s.kind == "head" else -2 for s in cands.sources])
+    mlp_layer = torch.tensor([t.layer if t.kind == "mlp" else -3 for t in cands.targets])
+    bad = (cands.valid & (head_layer[:, None] == mlp_layer[None, :])).nonzero()
+    if len(bad):
+        src, dst = cands.sources[int(bad[0, 0])], cands.targets[int(bad[0, 1])]
+        raise ConfigError(
+            f"expected candidate edges of this model but got {src.id}->{dst.id}, which it "
+            "does not have (attention and MLP of a layer run in parallel here); build the "
+            "candidates with EdgeSet.full(info) or edge_candidates(info, ...)"
         )

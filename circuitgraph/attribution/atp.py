@@ -20,12 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitgraph.arch import residual_writes
+from circuitgraph.arch import Arch
 from circuitgraph.attribution import graddrop, qk_fix
 from circuitgraph.attribution.registry import Estimator, register
 from circuitgraph.attribution.sites import Site, build_sites, node_effects
 from circuitgraph.errors import ConfigError
-from circuitgraph.model import model_info
 from circuitgraph.nodes import Node, fixed
 from circuitgraph.run import BatchRun, Plan, RunOptions, clean_run, model_device
 from circuitgraph.scores import NodeScores
@@ -70,12 +69,12 @@ def run_atp(
     nodes = fixed(nodes)
     _check_nodes(nodes)
     device = model_device(model)
-    info = model_info(model)
-    available = set(model.hook_dict)
-    sites = build_sites(nodes, variant.qk_fix, device)
-    qk = qk_fix.QKFix(model, available, info, sites) if variant.qk_fix else None
+    arch = Arch.of(model)
+    info = arch.info
+    sites = build_sites(arch, nodes, variant.qk_fix, device)
+    qk = qk_fix.QKFix(model, arch, sites) if variant.qk_fix else None
     drops = graddrop.drop_layers(nodes, info.n_layers) if variant.graddrop else ()
-    plan = _plan(sites, qk, residual_writes(drops, available))
+    plan = _plan(sites, qk, arch.residual_writes(drops))
     signed = torch.zeros(len(nodes), dtype=torch.float64)
     gd = torch.zeros(len(nodes), dtype=torch.float64)
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitgraph.arch import Arch
 from circuitgraph.attribution.atp import _check_nodes
 from circuitgraph.attribution.registry import register
 from circuitgraph.attribution.sites import Site, build_sites, dot_effects, gather
@@ -59,7 +60,7 @@ def atp_ig(
         raise ConfigError(f"expected at least one integration step but got {steps}")
     nodes = fixed(nodes)
     _check_nodes(nodes)
-    sites = build_sites(nodes, False, model_device(model))
+    sites = build_sites(Arch.of(model), nodes, False, model_device(model))
     signed = torch.zeros(len(nodes), dtype=torch.float64)
     for batch in opts.batches(pairs):
         work = batch if opts.mode == "noising" else batch.swapped()

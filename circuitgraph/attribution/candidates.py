@@ -30,7 +30,7 @@ class EdgeSet:
         >>> from circuitgraph.model import ModelInfo
         >>> info = ModelInfo("m", 1, 1, 1, 8, 4, 16, "LN", False, False, False, 10, 8)
         >>> len(EdgeSet.full(info).edges())
-        9
+        8
     """
 
     sources: tuple[Node, ...]
@@ -39,12 +39,18 @@ class EdgeSet:
 
     @classmethod
     def full(cls, info: ModelInfo) -> EdgeSet:
-        """Every edge of the model."""
-        return cls.between(edge_sources(info), edge_targets(info))
+        """Every edge of the model (parallel blocks: no head feeds its own layer's MLP)."""
+        return cls.between(edge_sources(info), edge_targets(info), info.parallel_blocks)
 
     @classmethod
-    def between(cls, sources: Sequence[Node], targets: Sequence[Node]) -> EdgeSet:
-        valid = torch.tensor([[can_feed(s, t) for t in targets] for s in sources], dtype=torch.bool)
+    def between(
+        cls, sources: Sequence[Node], targets: Sequence[Node], parallel: bool = False
+    ) -> EdgeSet:
+        """Every edge from ``sources`` to ``targets`` (``parallel``: of a model with
+        parallel attention and MLP blocks)."""
+        valid = torch.tensor(
+            [[can_feed(s, t, parallel) for t in targets] for s in sources], dtype=torch.bool
+        )
         return cls(tuple(sources), tuple(targets), valid.reshape(len(sources), len(targets)))
 
     def edges(self) -> list[Edge]:
@@ -64,8 +70,10 @@ def edge_candidates(
         >>> cands = edge_candidates(info, atp_star_scores, keep=20)  # doctest: +SKIP
     """
     full_s, full_t = edge_sources(info), edge_targets(info)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ConfigError(f"expected keep to be a whole number >= 1 (nodes kept) but got {keep!r}")
     if node_scores is None:
-        return EdgeSet.between(full_s, full_t)
+        return EdgeSet.between(full_s, full_t, info.parallel_blocks)
     kept = node_scores.top_k(keep) if keep is not None else list(node_scores.nodes)
     if any(n.position is not None for n in kept):
         raise ConfigError(
@@ -77,7 +85,7 @@ def edge_candidates(
     qkv = {n for n in kept if n.kind in ("q", "k", "v")}
     sources = [s for s in full_s if s.kind == "input" or _kept_source(s, heads, mlps)]
     targets = [t for t in full_t if t.kind == "logits" or _kept_target(t, heads, mlps, qkv, info)]
-    return EdgeSet.between(sources, targets)
+    return EdgeSet.between(sources, targets, info.parallel_blocks)
 
 
 def _kept_source(s: Node, heads: set[tuple[int, int | None]], mlps: set[int]) -> bool:

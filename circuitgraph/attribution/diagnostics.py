@@ -43,6 +43,7 @@ from circuitgraph.run import Progress, clean_reference, resolve, run_metric
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
+from circuitgraph.text import plural
 
 __all__ = [
     "CAVEAT",
@@ -161,13 +162,13 @@ class Diagnosis:
 
     def summary(self) -> str:
         design = (
-            f"{self.n_subsets} random subsets, p={self.p}"
+            f"{plural(self.n_subsets, 'random subset')}, p={self.p:.3g}"
             + (
                 f", screen as control variate (beta={self.beta:.3g})"
                 if self.beta is not None
                 else ""
             )
-            + f", {self.forward_passes:g} forward passes per pair"
+            + f", {plural(float(self.forward_passes), 'forward pass', 'forward passes')} per pair"
         )
         text = (
             f"With {self.confidence:.0%} confidence no unverified node ({len(self.nodes)}) has "

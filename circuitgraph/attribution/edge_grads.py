@@ -4,7 +4,9 @@ projection and norm (DESIGN §2, Edges).
 A head's q/k/v input gets its gradient from the head's q/k/v by a vector–Jacobian product
 through W_Q/W_K/W_V and the head's norm, one layer at a time, so no per-head copy of the
 residual stream is ever kept. An MLP's input gets it from its norm's output, the logits
-from the final norm's input.
+from the final norm's input. Where a target has no norm (OLMo2) the VJP through it is the
+identity; under a QK-norm over all heads jointly (OLMo2) a q/k target's gradient is read
+after that norm and pulled back through it first.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import grad_hook, hooks, norm_input_hook
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.nodes import Node
-from circuitgraph.weights import AttnWeights, norm_module, norm_vjp
+from circuitgraph.weights import AttnWeights, norm_vjp
 
 __all__ = [
     "TargetGroup",
     "input_grad_blocks",
     "input_grads",
+    "joint_norm_acts",
     "normed_grad",
     "target_groups",
 ]
@@ -48,6 +51,14 @@ def target_groups(targets: Sequence[Node]) -> list[TargetGroup]:
         if t.index is not None:
             g.heads.append(t.index)
     return list(groups.values())
+
+
+def joint_norm_acts(arch: Arch, groups: Sequence[TargetGroup]) -> list[str]:
+    """Hooks a run must record for :func:`input_grad_blocks`: the projections in front of
+    a joint QK-norm (its VJP is taken where the run was)."""
+    if arch.qk_norm != "joint":
+        return []
+    return [{"q": hooks.q, "k": hooks.k}[g.kind](g.layer) for g in groups if g.kind in ("q", "k")]
 
 
 def input_grads(
@@ -88,25 +99,62 @@ def input_grad_blocks(
     Example:
         >>> blocks = list(input_grad_blocks(model, groups, grads, acts, weights))  # doctest: +SKIP
     """
-    at_norm: dict[str | None, list[TargetGroup]] = {}
+    arch = Arch.of(model)
+    # one block per norm and the residual it reads (a parallel block's MLP may read the
+    # attention's residual through a norm of its own)
+    at_norm: dict[tuple[str | None, int], tuple[Any, list[TargetGroup]]] = {}
     for g in groups:
-        at_norm.setdefault(norm_input_hook(g.kind, g.layer), []).append(g)
-    for x_name, members in at_norm.items():
+        norm = arch.norm(model, g.kind, g.layer) if g.kind != "logits" else None
+        key = (arch.norm_input_hook(g.kind, g.layer), id(norm))
+        at_norm.setdefault(key, (norm, []))[1].append(g)
+    for (x_name, _), (norm, members) in at_norm.items():
         cols = [c for g in members for c in g.cols]
         if x_name is None:
             yield cols, grads[hooks.final_in].unsqueeze(0)
             continue
-        cotangents = torch.cat([normed_grad(g, grads, weights) for g in members])
-        norm = norm_module(model, members[0].kind, members[0].layer)
-        yield cols, norm_vjp(norm, acts[x_name], cotangents)
+        cotangents = torch.cat([normed_grad(model, g, grads, acts, weights) for g in members])
+        yield cols, cotangents if norm is None else norm_vjp(norm, acts[x_name], cotangents)
 
 
 def normed_grad(
-    group: TargetGroup, grads: dict[str, Tensor], weights: AttnWeights
+    model: Any,
+    group: TargetGroup,
+    grads: dict[str, Tensor],
+    acts: dict[str, Tensor],
+    weights: AttnWeights,
 ) -> Float[Tensor, "v b t d"]:
     """The gradient at the output of the group's norm, one cotangent per target."""
-    g = grads[grad_hook(group.kind, group.layer)]
+    arch = Arch.of(model)
+    name = arch.grad_hook(group.kind, group.layer)
     if group.kind == "mlp":
-        return g.unsqueeze(0)
-    w = weights.w_in(group.kind, group.layer)[group.heads]  # [v, d_model, d_head]
-    return torch.einsum("btve,vde->vbtd", g[:, :, group.heads], w)
+        return grads[name].unsqueeze(0)
+    w = weights.w_in(group.kind, group.layer)
+    if group.kind in ("q", "k") and arch.qk_norm == "joint":
+        return _through_joint_norm(model, arch, group, grads[name], acts, w)
+    g = arch.target_site(Node(group.kind, group.layer, 0)).view(grads[name])  # type: ignore[arg-type]
+    return torch.einsum("btve,vde->vbtd", g[:, :, group.heads], w[group.heads])
+
+
+def _through_joint_norm(
+    model: Any,
+    arch: Arch,
+    group: TargetGroup,
+    grad: Float[Tensor, "b t he"],
+    acts: dict[str, Tensor],
+    w: Float[Tensor, "h d e"],
+) -> Float[Tensor, "v b t d"]:
+    """Each head's gradient after a joint QK-norm Q, pulled back through Q (at the run's
+    projection p) and all heads' projection: v cotangents at once."""
+    h, e = w.shape[0], w.shape[-1]
+    p = acts[{"q": hooks.q, "k": hooks.k}[group.kind](group.layer)]  # [b, t, h, e]
+    g = grad.unflatten(-1, (h, e))
+    v = len(group.heads)
+    cot = g.new_zeros(v, *g.shape)
+    for j, head in enumerate(group.heads):
+        cot[j, :, :, head] = g[:, :, head]
+    b, t = p.shape[:2]
+    with torch.enable_grad():
+        x = p.detach().expand(v, *p.shape).reshape(v * b, t, h, e).requires_grad_(True)
+        out = arch.apply_qk_norm(model, group.kind, group.layer, x)
+        (gp,) = torch.autograd.grad(out, x, cot.reshape(v * b, t, h, e))
+    return torch.einsum("vbthe,hde->vbtd", gp.view(v, b, t, h, e), w.to(gp.dtype))

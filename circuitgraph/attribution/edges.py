@@ -20,9 +20,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import grad_hook, hooks, norm_input_hook, source_hook
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.attribution.candidates import EdgeSet
-from circuitgraph.attribution.edge_grads import TargetGroup, input_grad_blocks, target_groups
+from circuitgraph.attribution.edge_grads import (
+    TargetGroup,
+    input_grad_blocks,
+    joint_norm_acts,
+    target_groups,
+)
 from circuitgraph.attribution.registry import register
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
@@ -30,7 +35,7 @@ from circuitgraph.run import HookFn, RunOptions, attached, capture, clean_refere
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, widen
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights, source_outputs
+from circuitgraph.weights import AttnWeights, attn_weights, source_deltas
 
 __all__ = ["eap", "eap_ig"]
 
@@ -117,7 +122,8 @@ def _integrated_batch(
     source outputs and embedding, so EAP costs 2 forward passes and 1 backward pass.
     """
     base, src = (batch.clean, batch.corrupt) if mode == "noising" else (batch.corrupt, batch.clean)
-    names = sorted({source_hook(s) for s in cands.sources} | {hooks.embed})
+    arch = Arch.of(model)
+    names = sorted({arch.source_hook(s) for s in cands.sources} | {hooks.embed})
     acts_src = capture(model, src, names)
     reference = None if mode == "noising" else clean_reference(model, batch, metric)
     run = _GradRun(model, base, batch, metric, reference, cands, weights)
@@ -125,9 +131,7 @@ def _integrated_batch(
     if reference is None:
         # noising: the base run is the clean run, the reference for every later point
         run = replace(run, reference=clean_reference(model, batch, metric, logits))
-    # Every source output is linear in its hook's activation: difference the activations first.
-    diff = {n: acts_src[n] - acts_base[n] for n in names}
-    tiles = _Tiles.plan(cands, diff, weights, acts_base[hooks.embed], max_memory)
+    tiles = _Tiles.plan(model, cands, acts_base, acts_src, weights, max_memory)
     total = tiles.contract(point)
     e_base, e_src = acts_base[hooks.embed], acts_src[hooks.embed]
     for k in range(1, steps):
@@ -172,8 +176,10 @@ class _Tiles:
     any target (a later layer into an earlier one) is skipped.
     """
 
+    model: Any
     cands: EdgeSet
-    diff: dict[str, Tensor]
+    base: dict[str, Tensor]
+    src: dict[str, Tensor]
     weights: AttnWeights
     chunks: list[slice]
     per_block: int  # residual-stream copies one target block may hold
@@ -182,27 +188,31 @@ class _Tiles:
     @classmethod
     def plan(
         cls,
+        model: Any,
         cands: EdgeSet,
-        diff: dict[str, Tensor],
+        base: dict[str, Tensor],
+        src: dict[str, Tensor],
         weights: AttnWeights,
-        like: Float[Tensor, "b t d"],
         max_memory: float | None,
     ) -> _Tiles:
+        like = base[hooks.embed]
         copies = max(2, int(_budget(max_memory, like) // (like.numel() * like.element_size())))
         chunks = _layer_chunks(cands.sources, max(1, copies // 2))
         widest = max(c.stop - c.start for c in chunks)
-        tiles = cls(cands, diff, weights, chunks, max(1, copies - widest), None)
+        tiles = cls(model, cands, base, src, weights, chunks, max(1, copies - widest), None)
         if len(chunks) == 1:
             return replace(tiles, cached=[tiles.delta(chunks[0])])
         return tiles
 
     def delta(self, rows: slice) -> Float[Tensor, "b t s d"]:
-        return source_outputs(self.diff, self.cands.sources[rows], self.weights)
+        return source_deltas(
+            self.model, self.base, self.src, self.cands.sources[rows], self.weights
+        )
 
     def contract(self, point: _Point) -> Float[Tensor, "s v"]:
         total = torch.zeros(
             len(self.cands.sources), len(self.cands.targets), dtype=torch.float64,
-            device=next(iter(self.diff.values())).device,
+            device=self.base[hooks.embed].device,
         )  # fmt: skip
         for cols, grads in _merged(point.blocks(), self.per_block):
             for i, rows in enumerate(self.chunks):
@@ -284,9 +294,11 @@ class _GradRun:
         """The gradients that give ∂L/∂in_v of every candidate target at the run whose
         token embedding is ``embed`` (None: the tokens' own), the activations at the hooks
         named in ``record``, and the answer logits."""
+        arch = Arch.of(self.model)
         groups = target_groups(self.cands.targets)
-        grad_names = sorted({grad_hook(g.kind, g.layer) for g in groups})
-        norm_inputs = {n for g in groups if (n := norm_input_hook(g.kind, g.layer))}
+        grad_names = sorted({arch.grad_hook(g.kind, g.layer) for g in groups})
+        norm_inputs = {n for g in groups if (n := arch.norm_input_hook(g.kind, g.layer))}
+        norm_inputs |= set(joint_norm_acts(arch, groups))
         acts: dict[str, Tensor] = {}
         grads: dict[str, Tensor] = {}
         leaf: list[Tensor] = []

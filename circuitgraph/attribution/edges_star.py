@@ -3,9 +3,12 @@
 For an edge u → v where v is head h's query (or key) input in layer l (DESIGN §2, Edges):
 push Δout_u through the target's norm and W_Q (W_K) exactly,
 
-    Δq_h = (LN(x + Δout_u) − LN(x)) W_Q[h]        (rotated, for rotary models),
+    Δq_h = R(P(N(x + Δout_u)) − P(N(x)))[h]
 
-recompute the attention pattern with that query (key) and linearise only downstream of it:
+(N the target's norm, P its projection with bias, clipping and QK-norm, R rotary),
+recompute the attention pattern with that query (key) — soft-capped where the model caps
+its scores — and linearise only downstream of it (∂L/∂A from the head outputs, see
+:mod:`.qk_fix`):
 Î = Σ_ts (A'_ts − A_ts) ∂L/∂A_ts, summed over the query heads that read a KV head. Other
 targets use EAP's Δout_u · ∂L/∂in_v.
 
@@ -19,59 +22,37 @@ with only a direct path therefore scores exactly |Î|.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import (
-    grad_hook,
-    hooks,
-    norm_input_hook,
-    qk_hooks,
-    residual_writes,
-    source_hook,
-)
-from circuitgraph.attribution import qk_fix
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.attribution.candidates import EdgeSet
-from circuitgraph.attribution.edge_grads import TargetGroup, input_grads, target_groups
+from circuitgraph.attribution.edge_grads import (
+    TargetGroup,
+    input_grads,
+    joint_norm_acts,
+    target_groups,
+)
+from circuitgraph.attribution.qk_fix import (
+    LayerAttention,
+    layer_attention,
+    moved_logits,
+    pattern_grad,
+)
 from circuitgraph.attribution.registry import register
-from circuitgraph.errors import ModelStateError
-from circuitgraph.model import ModelInfo, model_info
+from circuitgraph.attribution.sites import site_grad
 from circuitgraph.run import BatchRun, Plan, RunOptions, clean_run
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights, norm_module, source_outputs
+from circuitgraph.weights import AttnWeights, attn_weights, normed, source_deltas
 
-__all__ = ["edge_atp_star", "rotate"]
+__all__ = ["edge_atp_star"]
 
-
-def rotate(x: Float[Tensor, "b t h d"], cos: Tensor, sin: Tensor) -> Float[Tensor, "b t h d"]:
-    """Rotary embedding in the rotate-half convention (Llama, Mistral, Qwen, Gemma, ...).
-
-    ``cos``/``sin`` are ``[1 or b, t, d]``; the rotation is linear, so it maps a change in
-    q (or k) to the change in rotated q (or k).
-    """
-    half = x.shape[-1] // 2
-    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.unsqueeze(2) + turned * sin.unsqueeze(2)
-
-
-@dataclass(frozen=True)
-class _QKLayer:
-    """What the QK fix of one layer needs from the clean run."""
-
-    s: Float[Tensor, "b h t s"]  # scores (up to a row constant), masked entries −inf
-    a: Float[Tensor, "b h t s"]
-    top: Tensor
-    q: Float[Tensor, "b t h d"]  # rotated where the model rotates
-    k: Float[Tensor, "b s g d"]
-    scale: float
-    cos: Tensor | None
-    sin: Tensor | None
+METHOD = "the edge method 'eap' (discover --edge-method eap, edges --method eap)"
 
 
 @register("atp*", "edge")
@@ -83,18 +64,19 @@ def edge_atp_star(
     Example:
         >>> scores = edge_atp_star(model, pairs, cands, metric, RunOptions())  # doctest: +SKIP
     """
-    info = model_info(model)
+    arch = Arch.of(model)
+    info = arch.info
     weights = attn_weights(model)
     groups = target_groups(cands.targets)
     qk_layers = sorted({g.layer for g in groups if g.kind in ("q", "k")})
     lowest = min((g.layer for g in groups if g.kind != "logits"), default=info.n_layers)
     drops = tuple(range(lowest + 1, info.n_layers))
-    plan = _plan(model, info, cands, groups, qk_layers, drops)
+    plan = _plan(model, arch, cands, groups, qk_layers, drops)
     signed = torch.zeros(len(cands.sources), len(cands.targets), dtype=torch.float64)
     dropped = torch.zeros_like(signed)
 
     def body(run: BatchRun) -> tuple[Tensor, Tensor]:
-        return _batch(model, run, info, cands, groups, qk_layers, drops, weights)
+        return _batch(model, arch, run, cands, groups, qk_layers, drops, weights)
 
     for batch in opts.batches(pairs):
         work = batch if opts.mode == "noising" else batch.swapped()
@@ -120,35 +102,30 @@ def edge_atp_star(
 
 def _plan(
     model: Any,
-    info: ModelInfo,
+    arch: Arch,
     cands: EdgeSet,
     groups: Sequence[TargetGroup],
     qk_layers: Sequence[int],
     drops: Sequence[int],
 ) -> Plan:
-    both = {source_hook(s) for s in cands.sources}
-    clean = {n for g in groups if (n := norm_input_hook(g.kind, g.layer))}
-    grads = {grad_hook(g.kind, g.layer) for g in groups if g.kind not in ("q", "k")}
+    both = {arch.source_hook(s) for s in cands.sources}
+    clean = {n for g in groups if (n := arch.norm_input_hook(g.kind, g.layer))}
+    clean |= set(joint_norm_acts(arch, groups))
+    grads = {arch.grad_hook(g.kind, g.layer) for g in groups if g.kind not in ("q", "k")}
     for layer in qk_layers:
-        clean |= {*qk_hooks(info.rotary, layer), hooks.pattern(layer), hooks.scores(layer)}
-        if info.rotary:  # cos, sin and the unrotated q check the rotation convention
-            clean |= {hooks.rot_cos(layer), hooks.rot_sin(layer), hooks.q(layer)}
-        grads.add(hooks.pattern(layer))
-    available = set(model.hook_dict)
-    missing = sorted((both | clean | grads) - available)
-    if missing:
-        raise ModelStateError(
-            f"edge atp* needs the hooks {missing} but this model has none of that name; use "
-            "edge method 'eap' for it"
-        )
-    writes = residual_writes(drops, available)
+        both |= {*arch.qk_hooks(layer), hooks.pattern(layer)}
+        clean |= {hooks.v(layer), hooks.z(layer), hooks.q(layer), hooks.k(layer)}
+        clean |= {hooks.scores(layer)} & set(model.hook_dict)  # log A stands in without
+        clean |= set(arch.cos_sin_hooks(layer) or ())
+        grads.add(hooks.z(layer))
+    writes = arch.residual_writes(drops)
     return Plan(tuple(sorted(both)), tuple(sorted(clean - both)), tuple(sorted(grads)), writes)
 
 
 def _batch(
     model: Any,
+    arch: Arch,
     run: BatchRun,
-    info: ModelInfo,
     cands: EdgeSet,
     groups: Sequence[TargetGroup],
     qk_layers: Sequence[int],
@@ -156,12 +133,15 @@ def _batch(
     weights: AttnWeights,
 ) -> tuple[Float[Tensor, "s v"], Float[Tensor, "s v"]]:
     """Σ over pairs of Î (plain) and of Σ_{l ∈ D_v} |Î_l| (GradDrop) for every edge."""
-    delta = source_outputs(run.noise, cands.sources, weights) - source_outputs(
-        run.clean, cands.sources, weights
-    )
-    layers = {layer: _qk_layer(model, run, info, layer) for layer in qk_layers}
+    info = arch.info
+    delta = source_deltas(model, run.clean, run.noise, cands.sources, weights)
+    layers = {
+        layer: layer_attention(model, arch, layer, run.clean, run.noise, METHOD, tables=True)
+        for layer in qk_layers
+    }
+    values = {layer: arch.value(run.clean[hooks.v(layer)]) for layer in qk_layers}
     changes = {
-        id(g): _pattern_changes(model, run, info, g, delta, layers[g.layer], weights)
+        id(g): _pattern_changes(model, arch, run, g, delta, layers[g.layer], weights)
         for g in groups
         if g.kind in ("q", "k")
     }
@@ -171,19 +151,20 @@ def _batch(
     plain_cols = [c for g in plain_groups for c in g.cols]
     like = delta.new_empty(b, t, d)
 
-    def effects(grads: dict[str, Tensor]) -> Float[Tensor, "b s v"]:
+    def effects(grads: dict[str, Tensor], cut: bool) -> Float[Tensor, "b s v"]:
         out = delta.new_zeros(b, n_src, len(cands.targets))
         for g in groups:
             if g.kind in ("q", "k"):
-                out[:, :, g.cols] = _qk_effects(
-                    changes[id(g)], layers[g.layer], grads[hooks.pattern(g.layer)], g, info
-                )
+                gz = site_grad(grads, hooks.z(g.layer), cut)
+                if gz is not None:
+                    grad = pattern_grad(gz, values[g.layer])
+                    out[:, :, g.cols] = _qk_effects(changes[id(g)], layers[g.layer], grad, g, arch)
         n = len(cands.targets)
         g_in = input_grads(model, plain_groups, grads, run.clean, weights, n, like)[plain_cols]
         out[:, :, plain_cols] = torch.einsum("btsd,vbtd->bsv", delta, g_in)
         return out
 
-    plain = effects(run.grads(None))
+    plain = effects(run.grads(None), cut=False)
     below = torch.tensor(
         [info.n_layers if t.kind == "logits" else t.layer for t in cands.targets],
         device=plain.device, dtype=plain.dtype,
@@ -191,98 +172,73 @@ def _batch(
     total = plain.abs() * below  # cutting a layer below v leaves Î unchanged
     for layer in drops:
         above = (below < layer).to(plain.dtype)  # targets this cut can reach (own layer: 0)
-        total += effects(run.grads(layer)).abs() * above
+        total += effects(run.grads(layer), cut=True).abs() * above
     return plain.sum(0).double(), total.sum(0).double()
-
-
-def _qk_layer(model: Any, run: BatchRun, info: ModelInfo, layer: int) -> _QKLayer:
-    qn, kn = qk_hooks(info.rotary, layer)
-    pattern = run.clean[hooks.pattern(layer)]
-    scores = qk_fix.layer_scores(run.clean[hooks.scores(layer)], pattern)
-    work = torch.promote_types(scores.dtype, torch.float32)
-    allowed = qk_fix.readable(scores)
-    s = scores.to(work).masked_fill(~allowed, qk_fix.NEG_INF)
-    q, k = run.clean[qn].to(work), run.clean[kn].to(work)
-    few = qk_fix.CHECK_PAIRS
-    scale = qk_fix.fit_scale(scores[:few], q[:few], k[:few], pattern[:few], layer)
-    cos = sin = None
-    if info.rotary:
-        cos, sin = (
-            run.clean[hooks.rot_cos(layer)].to(work),
-            run.clean[hooks.rot_sin(layer)].to(work),
-        )
-        _check_rotation(run, info, layer, cos, sin)
-    return _QKLayer(
-        s, s.softmax(-1), s.argmax(-1, keepdim=True), q, k, scale or info.d_head**-0.5, cos, sin
-    )
-
-
-def _check_rotation(run: BatchRun, info: ModelInfo, layer: int, cos: Tensor, sin: Tensor) -> None:
-    """The rotate-half convention must reproduce the model's own rotated queries."""
-    raw, rotated = run.clean[hooks.q(layer)], run.clean[hooks.rot_q(layer)]
-    if raw.shape[-1] != cos.shape[-1] or not torch.allclose(
-        rotate(raw.to(cos.dtype), cos, sin), rotated.to(cos.dtype), atol=1e-4, rtol=1e-3
-    ):
-        raise ModelStateError(
-            f"edge atp* expects layer {layer}'s rotary embedding in the rotate-half convention "
-            "over the whole head, but this model's differs; use edge method 'eap' for it"
-        )
 
 
 def _pattern_changes(
     model: Any,
+    arch: Arch,
     run: BatchRun,
-    info: ModelInfo,
     group: TargetGroup,
     delta: Float[Tensor, "b t s d"],
-    lay: _QKLayer,
+    lay: LayerAttention,
     weights: AttnWeights,
-) -> Float[Tensor, "u b h t s"]:
-    """A' − A for every candidate source u, with Δout_u pushed exactly through the norm."""
-    x = run.clean[norm_input_hook(group.kind, group.layer)]  # type: ignore[index]
-    norm = norm_module(model, group.kind, group.layer)
+) -> Float[Tensor, "u v b h t s"]:
+    """A' − A for every candidate source u and target head v, with Δout_u pushed exactly
+    through the target's norm, projection, clipping, QK-norm and rotary."""
+    kind, layer = group.kind, group.layer
+    x = run.clean[arch.norm_input_hook(kind, layer)]  # type: ignore[index]
+    norm = arch.norm(model, kind, layer)
     b, t, n_src, d = delta.shape
+    work = lay.s.dtype
     with torch.no_grad():
         shifted = (x.unsqueeze(2) + delta).permute(2, 0, 1, 3).reshape(n_src * b, t, d)
-        dn = (norm(shifted).view(n_src, b, t, d) - norm(x).unsqueeze(0)).to(lay.s.dtype)
-        w = weights.w_in(group.kind, group.layer)[group.heads].to(lay.s.dtype)  # [v, d, e]
-        change = torch.einsum("ubtd,vde->ubtve", dn, w).reshape(n_src * b, t, len(group.heads), -1)
-        if lay.cos is not None:
-            change = rotate(change, lay.cos, lay.sin)  # type: ignore[arg-type]
-        change = change.view(n_src, b, t, len(group.heads), -1)
-        return _shifted(lay, group, change, info)
+        dn = (normed(norm, shifted).view(n_src, b, t, d) - normed(norm, x).unsqueeze(0)).to(work)
+        w = weights.w_in(kind, layer).to(work)  # [heads, d, e]
+        if arch.qkv_clip is None and arch.qk_norm == "none":
+            change = torch.einsum("ubtd,vde->ubtve", dn, w[group.heads])
+        else:  # not linear: the whole projection moves, then clipping and the QK-norm
+            p = run.clean[{"q": hooks.q, "k": hooks.k}[kind](layer)].to(work)  # [b, t, h, e]
+            moved = p.unsqueeze(0) + torch.einsum("ubtd,hde->ubthe", dn, w)
+            before = arch.pre_rotary(model, kind, layer, p, joint_done=False)
+            after = arch.pre_rotary(model, kind, layer, moved, joint_done=False)
+            change = (after - before.unsqueeze(0))[:, :, :, group.heads]
+        change = arch.rotate(change, lay.cos, lay.sin)  # rotary is linear: rotate the change
+        return _shifted(lay, group, change, arch)
 
 
-def _shifted(lay: _QKLayer, group: TargetGroup, change: Tensor, info: ModelInfo) -> Tensor:
+def _shifted(lay: LayerAttention, group: TargetGroup, change: Tensor, arch: Arch) -> Tensor:
     """A' − A [u, v, b, h_v, t, s] where h_v are the query heads that read target v."""
-    per_kv = info.heads_per_kv
+    per_kv = arch.info.heads_per_kv
+    raw = lay.raw
     outs = []
     for j, head in enumerate(group.heads):
         if group.kind == "q":
             kv = head // per_kv
-            ds = torch.einsum("ubte,bse->ubts", change[:, :, :, j], lay.k[:, :, kv])
-            s, a = lay.s[:, head : head + 1], lay.a[:, head : head + 1]
-            ds = ds.unsqueeze(2)  # one query head
+            heads = slice(head, head + 1)
+            ds = torch.einsum("ubte,bse->ubts", change[:, :, :, j], lay.k[:, :, kv]).unsqueeze(2)
         else:
             heads = slice(head * per_kv, (head + 1) * per_kv)
             ds = torch.einsum("bthe,ubse->ubhts", lay.q[:, :, heads], change[:, :, :, j])
-            s, a = lay.s[:, heads], lay.a[:, heads]
-        ds = (lay.scale * ds).masked_fill(~torch.isfinite(s).unsqueeze(0), 0.0)
-        outs.append((s.unsqueeze(0) + ds).softmax(-1) - a.unsqueeze(0))
+        s = lay.s[:, heads]
+        dl = moved_logits(None if raw is None else raw[:, heads], lay.scale * ds, lay.softcap)
+        dl = dl.masked_fill(~torch.isfinite(s).unsqueeze(0), 0.0)
+        outs.append((s.unsqueeze(0) + dl).softmax(-1) - lay.a[:, heads].unsqueeze(0))
     return torch.stack(outs, dim=1)
 
 
 def _qk_effects(
     change: Tensor,
-    lay: _QKLayer,
+    lay: LayerAttention,
     grad: Float[Tensor, "b h t s"],
     group: TargetGroup,
-    info: ModelInfo,
+    arch: Arch,
 ) -> Float[Tensor, "b u v"]:
     """Σ_ts (A' − A)(g − g_top) per pair, source and target (ΣΔA = 0 in each row)."""
     g = grad.to(lay.a.dtype)
     g = g - g.gather(-1, lay.top)
-    per_kv = info.heads_per_kv
+    per_kv = arch.info.heads_per_kv
     cols = []
     for j, head in enumerate(group.heads):
         heads = (

@@ -25,12 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitgraph.arch import residual_writes
+from circuitgraph.arch import Arch
 from circuitgraph.attribution import graddrop, qk_fix
 from circuitgraph.attribution.atp import _check_nodes, _no_options, _plan
 from circuitgraph.attribution.registry import register
 from circuitgraph.attribution.sites import build_sites, node_effects
-from circuitgraph.model import model_info
 from circuitgraph.nodes import Node, fixed, layers_of
 from circuitgraph.run import BatchRun, RunOptions, clean_run, model_device
 from circuitgraph.scores import NodeScores
@@ -60,12 +59,12 @@ def atp_star_mean(
     nodes = fixed(nodes)
     _check_nodes(nodes)
     device = model_device(model)
-    info = model_info(model)
-    available = set(model.hook_dict)
-    sites = build_sites(nodes, True, device)
-    qk = qk_fix.QKFix(model, available, info, sites)
+    arch = Arch.of(model)
+    info = arch.info
+    sites = build_sites(arch, nodes, True, device)
+    qk = qk_fix.QKFix(model, arch, sites)
     drops = graddrop.drop_layers(nodes, info.n_layers)
-    plan = _plan(sites, qk, residual_writes(drops, available))
+    plan = _plan(sites, qk, arch.residual_writes(drops))
     # sums[0] = Σ_pairs Î; sums[1 + j] = Σ_pairs Î_l for l = drops[j]
     sums = torch.zeros(1 + len(drops), len(nodes), dtype=torch.float64)
 

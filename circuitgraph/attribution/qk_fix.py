@@ -3,27 +3,36 @@
 Recompute the attention probabilities exactly with the node patched and linearise only
 downstream of them, Î = Σ_ts (A'_ts − A_ts) ∂L/∂A_ts:
 
-* query at position t: A'_t· = softmax_s(s_t· + Δq_t·k_s), one row changes;
-* key at position s: only column s changes, by Δ_ts = q_t·Δk_s, so
+* query at position t: A'_t· = softmax_s(ℓ_t· + Δℓ_t·), one row changes;
+* key at position s: only column s changes, by Δ_ts, so
   A'_ts = σ(logit A_ts + Δ_ts), A'_tj = A_tj (1 − A'_ts)/(1 − A_ts) for j ≠ s, and
   Î = Σ_t r_ts [(1 − A_ts) g_ts − Σ_{j≠s} A_tj g_tj] with r_ts = 1 − (1 − A'_ts)/(1 − A_ts)
   (O(T²·d) per head for all positions);
 * a head-level query or key: all rows (columns) patched at once, the pattern recomputed.
 
+The scores are ℓ = f(c·q·k) + b + (a constant per row): q and k exactly as the model
+uses them (clipped, QK-normed and rotated — read where the bridge fires them, computed by
+:class:`~circuitgraph.arch.Arch` where it does not), c the layer's scale, f the identity or
+the soft-cap c·tanh(·/c), b any fixed position bias (ALiBi, masks, sliding windows). A q or
+k patch moves the scores by Δℓ = f(c·q'·k') − f(c·q·k): the bias cancels, so the clean
+pattern's log stands in for ℓ and no bias is ever needed. Before it is used, that form is
+checked on every batch against the model itself: the change of log A between the noise and
+the clean run must be the change of f(c·q·k) (row constants aside), and z = A·v; a model
+whose attention is anything else (sinks, a learned relative bias that depends on content)
+is refused in one sentence rather than mis-scored.
+
+∂L/∂A comes from the head outputs, ∂L/∂A_ts = ∂L/∂z_t · v_s (z = A·v): it needs no
+gradient at the pattern hook, which some bridges fire after the fact, off the autograd
+path (OPT, GPT-J), where reading it would give a silent zero.
+
 Keys are handled in log space: 1 − A of a row's largest entry comes from the other entries
 (log-sum-exp), never by subtracting A from 1, so saturated attention (A > 0.999) keeps its
 precision; query and whole-key changes are read against the row's top entry (ΣΔA = 0).
-Scores include the attention scale the model really uses, measured once per model and
-layer (least squares of hook_attn_scores on q·k) and checked, so soft-capped or biased
-attention is refused rather than mis-scored. With rotary
-embeddings q and k are read after rotation (rotation depends only on position, so the
-rotated patched q is the patched rotated q); in grouped-query attention a key head's
-effect sums over the query heads that read it.
+In grouped-query attention a key head's effect sums over the query heads that read it.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,47 +41,30 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitgraph.arch import hooks, qk_hooks
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.attribution.sites import Site
 from circuitgraph.errors import ModelStateError
-from circuitgraph.model import ModelInfo
 from circuitgraph.run import BatchRun
 
 __all__ = [
+    "LayerAttention",
     "LayerPatterns",
     "QKFix",
-    "fit_scale",
+    "check_layer",
     "key_effects",
     "key_whole_effects",
+    "layer_attention",
+    "pattern_grad",
     "prepare_layer",
     "query_effects",
 ]
 
 NEG_INF = float("-inf")
-#: pairs of the first batch on which the attention scale is measured and checked
-CHECK_PAIRS = 4
-#: measured scales per model and layer (an architectural constant: measured once)
-_SCALES: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------------------
 # Pure tensor functions (the equations)
 # --------------------------------------------------------------------------------------
-
-
-def causal(t: int, device: torch.device) -> Bool[Tensor, "t s"]:
-    """Query t may read key s ≤ t.
-
-    Example:
-        >>> causal(2, torch.device("cpu")).tolist()
-        [[True, False], [True, True]]
-    """
-    return torch.ones(t, t, dtype=torch.bool, device=device).tril()
-
-
-def readable(scores: Float[Tensor, "b h t s"]) -> Bool[Tensor, "b h t s"]:
-    """Keys a query may read: causal, and not masked by the model itself (sliding windows)."""
-    return causal(scores.shape[-1], scores.device) & (scores > torch.finfo(scores.dtype).min / 2)
 
 
 def qk_dot(q: Float[Tensor, "b t h d"], k: Float[Tensor, "b s g d"]) -> Float[Tensor, "b h t s"]:
@@ -93,64 +85,119 @@ def per_kv_head(x: Float[Tensor, "b h ..."], n_kv: int) -> Float[Tensor, "b g ..
     return x.reshape(x.shape[0], n_kv, x.shape[1] // n_kv, *x.shape[2:]).sum(2)
 
 
-def fit_scale(
-    scores: Float[Tensor, "b h t s"],
-    q: Float[Tensor, "b t h d"],
-    k: Float[Tensor, "b s g d"],
-    pattern: Float[Tensor, "b h t s"],
-    layer: int,
-) -> float | None:
-    """The attention scale c with scores = c·q·k (+ mask), checked against the model.
+def pattern_grad(
+    grad_z: Float[Tensor, "b t h e"], v: Float[Tensor, "b s g e"]
+) -> Float[Tensor, "b h t s"]:
+    """∂L/∂A_ts = ∂L/∂z_t · v_s per query head (z = A·v; query head h reads KV head h // r).
 
-    Fitted on the entries the model lets a query read (causal, and not masked by the model
-    itself, e.g. a sliding window); None when q·k vanishes there (nothing to measure).
-    Raises a :class:`ModelStateError` when the scores are not c·q·k (soft-capping, additive
-    position biases, attention sinks): the QK fix would then be wrong.
+    Example:
+        >>> gz, v = torch.ones(1, 2, 2, 3), torch.ones(1, 2, 1, 3)
+        >>> pattern_grad(gz, v).shape, float(pattern_grad(gz, v)[0, 0, 0, 0])
+        (torch.Size([1, 2, 2, 2]), 3.0)
     """
-    work = torch.promote_types(scores.dtype, torch.float32)
-    s = scores.to(work)
-    allowed = readable(scores)
-    # Softmax ignores a constant added to a row, so fit within rows (centred): the same
-    # scale comes out of raw scores and of log-probabilities (see ``layer_scores``).
-    x, y = _row_centred(qk_dot(q.to(work), k.to(work)), allowed), _row_centred(s, allowed)
-    if float((x * x).sum()) == 0.0:
-        return None
-    scale = float((x * y).sum() / (x * x).sum())
-    tol = _tolerance(scores.dtype)
-    bad_scores = float((scale * x - y).abs().max()) > tol * (1.0 + float(y.abs().max()))
-    recomputed = s.masked_fill(~allowed, NEG_INF).softmax(-1)
-    bad_pattern = float((recomputed - pattern.to(work)).abs().max()) > tol
-    if bad_scores or bad_pattern:
-        raise ModelStateError(
-            f"the QK fix expects layer {layer}'s attention scores to be scale·q·k plus a causal "
-            "mask, but this model's attention differs (soft-capping, position bias or sinks?); "
-            "use method 'atp' or 'atp+graddrop' for it"
+    b, t, h, e = grad_z.shape
+    g = v.shape[2]
+    work = torch.promote_types(grad_z.dtype, torch.float32)
+    grouped = grad_z.to(work).reshape(b, t, g, h // g, e)
+    return torch.einsum("btgre,bsge->bgrts", grouped, v.to(work)).reshape(b, h, t, v.shape[1])
+
+
+def moved_logits(
+    raw: Float[Tensor, "b h t s"] | None,
+    d_raw: Float[Tensor, "... b h t s"],
+    softcap: float | None,
+) -> Float[Tensor, "... b h t s"]:
+    """Δℓ = f(raw + Δraw) − f(raw): the change of the scores the softmax sees (f = soft-cap).
+
+    Example:
+        >>> moved_logits(None, torch.tensor([0.5]), None).tolist()
+        [0.5]
+        >>> round(float(moved_logits(torch.tensor([0.0]), torch.tensor([100.0]), 2.0)), 4)
+        2.0
+    """
+    if softcap is None:
+        return d_raw
+    assert raw is not None
+    return softcap * (torch.tanh((raw + d_raw) / softcap) - torch.tanh(raw / softcap))
+
+
+def base_logits(
+    scores: Tensor | None, pattern: Float[Tensor, "b h t s"], work: torch.dtype
+) -> Float[Tensor, "b h t s"]:
+    """The clean scores up to a constant per row, −inf where the model masks a key.
+
+    The pre-softmax scores where the bridge reports them and they reproduce the pattern
+    (they keep keys whose probability underflows to 0 readable), else log A. Rows with no
+    readable key become 0, and every change there 0.
+    """
+    log_a = pattern.to(work).clamp(min=0).log()
+    s = log_a
+    if scores is not None and scores.shape == pattern.shape and not torch.equal(scores, pattern):
+        sc = scores.to(work)
+        readable = torch.ones_like(sc, dtype=torch.bool).tril() & (
+            sc > torch.finfo(sc.dtype).min / 2
         )
-    return scale
+        sc = sc.masked_fill(~readable, NEG_INF)
+        tol = 1e-4 if torch.finfo(pattern.dtype).bits >= 32 else 1e-2
+        if float((sc.softmax(-1).nan_to_num() - pattern.to(work)).abs().max()) <= tol:
+            s = sc
+    empty = ~torch.isfinite(s).any(-1, keepdim=True)
+    return s.masked_fill(empty, 0.0)
+
+
+def check_layer(
+    arch: Arch,
+    layer: int,
+    clean: tuple[Tensor, Tensor, Tensor],
+    noise: tuple[Tensor, Tensor, Tensor],
+    z_v: tuple[Tensor, Tensor],
+    method: str,
+) -> None:
+    """Refuse the QK fix where the model's attention is not f(c·q·k) + a fixed bias.
+
+    ``clean``/``noise``: (pattern, q, k) of each run (q, k as the scores use them);
+    ``z_v``: the clean z and v. Two identities must hold to rounding: z = A·v, and the
+    change of log A between the runs equals the change of f(c·q·k), up to a constant per
+    row (a fixed position bias cancels). ``method`` names what to use instead.
+    """
+    (a_c, q_c, k_c), (a_n, q_n, k_n) = clean, noise
+    work = torch.promote_types(a_c.dtype, torch.float32)
+    # half precision: the model's own rounding of q·k and A (about 1e-2) dominates
+    rtol, atol, ztol = (
+        (1e-3, 1e-5, 1e-3) if torch.finfo(a_c.dtype).bits >= 32 else (0.1, 5e-2, 3e-2)
+    )
+    z, v = z_v
+    az = torch.einsum("bhts,bshe->bthe", a_c.to(work), _per_query(arch.value(v), z).to(work))
+    err_z = float((az - z.to(work)).abs().max()) if z.numel() else 0.0
+    scale, cap = arch.scale(layer), arch.attn_softcap
+    raw_c = scale * qk_dot(q_c.to(work), k_c.to(work))
+    raw_n = scale * qk_dot(q_n.to(work), k_n.to(work))
+    want = arch.softcap(raw_n) - arch.softcap(raw_c) if cap is not None else raw_n - raw_c
+    log_c, log_n = a_c.to(work).log(), a_n.to(work).log()
+    both = torch.isfinite(log_c) & torch.isfinite(log_n)
+    got = _row_centred(log_n - log_c, both)
+    want = _row_centred(want, both)
+    err_s = float((got - want).abs().max()) if got.numel() else 0.0
+    size = float(raw_c.abs().max()) if raw_c.numel() else 0.0
+    bound = rtol * (float(want.abs().max()) if want.numel() else 0.0) + atol * (1.0 + size)
+    if err_s > bound or err_z > ztol * (1.0 + float(z.abs().max() if z.numel() else 0.0)):
+        raise ModelStateError(
+            f"the QK fix needs layer {layer}'s attention to be softmax(scale·q·k + a fixed "
+            f"bias) averaging v, but recomputing it from this model's q, k and v misses by "
+            f"{max(err_s, err_z):.2g}; use {method} for this model"
+        )
+
+
+def _per_query(v: Tensor, z: Tensor) -> Tensor:
+    """KV heads repeated for the query heads that read them."""
+    return v.repeat_interleave(z.shape[2] // v.shape[2], dim=2)
 
 
 def _row_centred(x: Tensor, allowed: Tensor) -> Tensor:
-    """The readable entries of x minus their row mean, flattened."""
+    """The allowed entries of x minus their row mean, flattened."""
     n = allowed.sum(-1, keepdim=True).clamp(min=1)
     mean = x.masked_fill(~allowed, 0.0).sum(-1, keepdim=True) / n
     return (x - mean)[allowed]
-
-
-def layer_scores(
-    scores: Float[Tensor, "b h t s"], pattern: Float[Tensor, "b h t s"]
-) -> Float[Tensor, "b h t s"]:
-    """Pre-softmax scores, up to a constant per row (which softmax ignores).
-
-    TL-native bridges report the pattern at ``hook_attn_scores``; log-probabilities then
-    stand in for the scores (masked entries become −inf, as they should).
-    """
-    if scores.shape == pattern.shape and torch.equal(scores, pattern):
-        return pattern.clamp(min=0).log()
-    return scores
-
-
-def _tolerance(dtype: torch.dtype) -> float:
-    return 1e-3 if torch.finfo(dtype).bits >= 32 else 5e-2
 
 
 @dataclass(frozen=True)
@@ -178,28 +225,35 @@ class LayerPatterns:
 
 
 def prepare_layer(
-    scores: Float[Tensor, "b h t s"],
+    logits: Float[Tensor, "b h t s"],
     q_clean: Float[Tensor, "b t h d"],
     q_noise: Float[Tensor, "b t h d"],
     k_clean: Float[Tensor, "b s g d"],
     k_noise: Float[Tensor, "b s g d"],
     scale: float,
     needs: frozenset[str],
+    softcap: float | None = None,
 ) -> LayerPatterns:
     """Everything the effects need that does not depend on the gradient.
 
-    ``needs`` holds any of ``q``, ``k_pos`` (per-position keys), ``k_all`` (whole keys).
+    ``logits``: the clean scores up to a constant per row (log A will do), −inf where the
+    model masks a key; q and k as the scores use them. ``needs`` holds any of ``q``,
+    ``k_pos`` (per-position keys), ``k_all`` (whole keys).
     """
-    work = torch.promote_types(scores.dtype, torch.float32)
-    allowed = readable(scores)
-    s = scores.to(work).masked_fill(~allowed, NEG_INF)
+    work = torch.promote_types(logits.dtype, torch.float32)
+    s = logits.to(work)
+    allowed = torch.isfinite(s)
+    s = s.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+    allowed = torch.isfinite(s) & allowed
     a, top = s.softmax(-1), s.argmax(-1, keepdim=True)
+    raw = scale * qk_dot(q_clean.to(work), k_clean.to(work)) if softcap is not None else None
     dq = dk = keys = None
     if "q" in needs:
-        dq = shifted_change(s, a, scale * qk_dot(_d(q_noise, q_clean, work), k_clean.to(work)))
+        d = moved_logits(raw, scale * qk_dot(_d(q_noise, q_clean, work), k_clean.to(work)), softcap)
+        dq = shifted_change(s, a, d.masked_fill(~allowed, 0.0))
     if needs & {"k_pos", "k_all"}:
-        delta = scale * qk_dot(q_clean.to(work), _d(k_noise, k_clean, work))
-        delta = delta.masked_fill(~allowed, 0.0)
+        d = moved_logits(raw, scale * qk_dot(q_clean.to(work), _d(k_noise, k_clean, work)), softcap)
+        delta = d.masked_fill(~allowed, 0.0)
         if "k_all" in needs:
             dk = shifted_change(s, a, delta)
         if "k_pos" in needs:
@@ -307,12 +361,19 @@ def _centred(lp: LayerPatterns, grad: Tensor) -> Tensor:
 
 
 class QKFix:
-    """The QK fix for the q/k sites of one estimator call (scales measured once per layer)."""
+    """The QK fix for the q/k sites of one estimator call.
 
-    def __init__(
-        self, model: Any, available: set[str], info: ModelInfo, sites: Sequence[Site]
-    ) -> None:
-        self.info = info
+    Reads, per layer, q and k as the scores use them in both runs, the pattern of both runs
+    (to check the model's attention form on every batch), the clean v, and the gradient at
+    the head outputs z.
+    """
+
+    METHOD = (
+        "the node method 'atp' or 'atp+graddrop' (discover --node-method atp, nodes --method atp)"
+    )
+
+    def __init__(self, model: Any, arch: Arch, sites: Sequence[Site]) -> None:
+        self.model, self.arch = model, arch
         self.sites = [s for s in sites if s.key.startswith("qk:")]
         self.needs: dict[int, set[str]] = {}
         for s in self.sites:
@@ -322,59 +383,100 @@ class QKFix:
             else:
                 need |= {"k_all"} if s.has_whole else set()
                 need |= {"k_pos"} if s.has_positions else set()
-        self.scales = _SCALES.setdefault(model, {})
         self.patterns: dict[int, LayerPatterns] = {}
-        missing = [n for n in self.act_names + self.clean_names if n not in available]
-        if missing:
-            raise ModelStateError(
-                f"the QK fix needs the hooks {missing} but this model has none of that name; "
-                "use method 'atp' or 'atp+graddrop' for it"
-            )
-
-    def qk_names(self, layer: int) -> tuple[str, str]:
-        return qk_hooks(self.info.rotary, layer)
+        self.values: dict[int, Tensor] = {}
 
     @property
     def act_names(self) -> list[str]:
-        return [n for layer in self.needs for n in self.qk_names(layer)]
+        return [
+            n for layer in self.needs for n in (*self.arch.qk_hooks(layer), hooks.pattern(layer))
+        ]
 
     @property
     def clean_names(self) -> list[str]:
-        return [n for layer in self.needs for n in (hooks.scores(layer), hooks.pattern(layer))]
+        names = [n for layer in self.needs for n in (hooks.v(layer), hooks.z(layer))]
+        # the pre-softmax scores where the bridge has them (else log A stands in)
+        scores = [hooks.scores(layer) for layer in self.needs]
+        return names + [n for n in scores if n in self.model.hook_dict]
 
     @property
     def grad_names(self) -> list[str]:
-        return [hooks.pattern(layer) for layer in self.needs]
+        return [hooks.z(layer) for layer in self.needs]
 
     def prepare(self, run: BatchRun) -> None:
-        """Measure the scales (first batch) and precompute each layer's pattern changes."""
+        """Check each layer's attention form and precompute its pattern changes."""
         for layer, need in self.needs.items():
-            qn, kn = self.qk_names(layer)
-            scores = layer_scores(run.clean[hooks.scores(layer)], run.clean[hooks.pattern(layer)])
-            if layer not in self.scales:  # measured once, on a few pairs of a first batch
-                few = {n: run.clean[n][:CHECK_PAIRS] for n in (qn, kn, hooks.pattern(layer))}
-                scale = fit_scale(
-                    scores[:CHECK_PAIRS], few[qn], few[kn], few[hooks.pattern(layer)], layer
-                )
-                if scale is not None:
-                    self.scales[layer] = scale
+            lay = layer_attention(self.model, self.arch, layer, run.clean, run.noise, self.METHOD)
+            self.values[layer] = self.arch.value(run.clean[hooks.v(layer)])
             self.patterns[layer] = prepare_layer(
-                scores, run.clean[qn], run.noise[qn], run.clean[kn], run.noise[kn],
-                # q·k ≡ 0 so far (zero weights): Δ(q·k) is 0 too and any scale will do
-                self.scales.get(layer, self.info.d_head**-0.5), frozenset(need),
+                lay.s, lay.q, lay.q_noise, lay.k, lay.k_noise, lay.scale, frozenset(need),
+                lay.softcap,
             )  # fmt: skip
 
     def grad_name(self, site: Site) -> str:
-        return hooks.pattern(site.layer)
+        return hooks.z(site.layer)
 
     def effects(self, site: Site, grads: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """(per-position, all-position) effects of the site's q or k nodes."""
         lp = self.patterns[site.layer]
-        grad = grads[hooks.pattern(site.layer)]
-        n_kv = self.info.n_kv_heads
+        grad = pattern_grad(grads[hooks.z(site.layer)], self.values[site.layer])
+        n_kv = self.arch.info.n_kv_heads
         if site.kind == "q":
             per_query = query_effects(lp, grad)
             return per_query, per_query.sum(1)
         per_key = key_effects(lp, grad, n_kv) if site.has_positions else None
         whole = key_whole_effects(lp, grad, n_kv) if site.has_whole else None
         return per_key, whole
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """One layer's clean attention, checked, and the noise run's q and k.
+
+    ``s``: log A (−inf where masked); q, k as the scores use them.
+    """
+
+    s: Float[Tensor, "b h t s"]
+    a: Float[Tensor, "b h t s"]
+    top: Tensor
+    q: Float[Tensor, "b t h d"]
+    k: Float[Tensor, "b s g d"]
+    q_noise: Float[Tensor, "b t h d"]
+    k_noise: Float[Tensor, "b s g d"]
+    scale: float
+    softcap: float | None
+    cos: Tensor | None
+    sin: Tensor | None
+
+    @property
+    def raw(self) -> Tensor | None:
+        """c·q·k of the clean run, where a soft-cap makes it matter."""
+        return None if self.softcap is None else self.scale * qk_dot(self.q, self.k)
+
+
+def layer_attention(
+    model: Any,
+    arch: Arch,
+    layer: int,
+    clean: dict[str, Tensor],
+    noise: dict[str, Tensor],
+    method: str,
+    tables: bool = False,
+) -> LayerAttention:
+    """Read and check one layer's attention from a clean and a noise run's activations
+    (those of ``arch.qk_hooks``, the pattern in both runs, z and v in the clean one;
+    with ``tables`` also the rotary tables, from ``arch.cos_sin_hooks`` where they fire)."""
+    q_c, k_c = arch.used_qk(model, layer, clean)
+    q_n, k_n = arch.used_qk(model, layer, noise, clean)
+    a_c, a_n = clean[hooks.pattern(layer)], noise[hooks.pattern(layer)]
+    check_layer(
+        arch, layer, (a_c, q_c, k_c), (a_n, q_n, k_n),
+        (clean[hooks.z(layer)], clean[hooks.v(layer)]), method,
+    )  # fmt: skip
+    work = torch.promote_types(a_c.dtype, torch.float32)
+    s = base_logits(clean.get(hooks.scores(layer)), a_c, work)
+    cos, sin = arch.cos_sin(model, layer, clean, q_c.shape[1], q_c) if tables else (None, None)
+    return LayerAttention(
+        s, s.softmax(-1), s.argmax(-1, keepdim=True), q_c.to(work), k_c.to(work),
+        q_n.to(work), k_n.to(work), arch.scale(layer), arch.attn_softcap, cos, sin,
+    )  # fmt: skip

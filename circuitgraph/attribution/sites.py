@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import hook_site
-from circuitgraph.errors import ConfigError
+from circuitgraph.arch import Arch, HookSite
+from circuitgraph.errors import ConfigError, ModelStateError
 from circuitgraph.nodes import NODE_KINDS, Node, NodeArray
 from circuitgraph.run import BatchRun
 
@@ -45,6 +45,7 @@ class Site:
     pos_out: Tensor
     pos_idx: Tensor
     pos_at: Tensor
+    split: tuple[int, int] | None = None  # the hook holds heads flat: (heads, d_head)
 
     @property
     def has_whole(self) -> bool:
@@ -55,28 +56,35 @@ class Site:
         return self.pos_out.numel() > 0
 
 
-def site_key(node: Node, qk_fix: bool) -> str:
+def site_key(arch: Arch, node: Node, qk_fix: bool) -> str:
     """Where a node's effect is read: its hook, or its layer's QK fix.
 
     Example:
-        >>> site_key(Node("q", 2, 1), qk_fix=True)
+        >>> from circuitgraph.model import ModelInfo
+        >>> arch = Arch(ModelInfo("m", 3, 2, 2, 8, 4, 16, "LN", False, False, False, 10, 8))
+        >>> site_key(arch, Node("q", 2, 1), qk_fix=True)
         'qk:q:2'
-        >>> site_key(Node("q", 2, 1), qk_fix=False) == hook_site(Node("q", 2, 1)).name
+        >>> site_key(arch, Node("q", 2, 1), qk_fix=False) == arch.node_site(Node("q", 2, 1)).name
         True
     """
     if qk_fix and node.kind in ("q", "k"):
         return f"qk:{node.kind}:{node.layer}"
-    return hook_site(node).name
+    return arch.node_site(node).name
 
 
-def build_sites(nodes: Sequence[Node], qk_fix: bool, device: torch.device) -> list[Site]:
+def build_sites(
+    arch: Arch, nodes: Sequence[Node], qk_fix: bool, device: torch.device
+) -> list[Site]:
     """Group the nodes by where their effects are read (one site per hook or QK layer).
 
     Grouping works on the nodes' columns (:class:`~circuitgraph.nodes.NodeArray`): sorting
     one key per node, so hundreds of thousands of neurons cost no Python loop.
 
     Example:
-        >>> [s.key for s in build_sites([Node("q", 1, 0), Node("q", 1, 2)], True, torch.device("cpu"))]
+        >>> from circuitgraph.model import ModelInfo
+        >>> arch = Arch(ModelInfo("m", 3, 4, 4, 8, 2, 16, "LN", False, False, False, 10, 8))
+        >>> [s.key for s in build_sites(arch, [Node("q", 1, 0), Node("q", 1, 2)], True,
+        ...                             torch.device("cpu"))]
         ['qk:q:1']
     """
     arr = nodes if isinstance(nodes, NodeArray) else NodeArray.of(_screened(nodes))
@@ -94,10 +102,12 @@ def build_sites(nodes: Sequence[Node], qk_fix: bool, device: torch.device) -> li
         def put(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=torch.long)
 
+        key = site_key(arch, first, qk_fix)
+        split = None if key.startswith("qk:") else arch.node_site(first).split
         sites.append(Site(
-            site_key(first, qk_fix), first.kind, first.layer,
+            key, first.kind, first.layer,
             put(whole), put(arr.unit[whole].clamp(min=0)),
-            put(pos), put(arr.unit[pos].clamp(min=0)), put(arr.position[pos]),
+            put(pos), put(arr.unit[pos].clamp(min=0)), put(arr.position[pos]), split,
         ))  # fmt: skip
     return sites
 
@@ -155,6 +165,26 @@ def dot_effects(
     return per_pos, per_pos.sum(1)
 
 
+def site_grad(grads: dict[str, Tensor], name: str, cut: bool) -> Tensor | None:
+    """The gradient at a hook, never a silent zero.
+
+    In the plain backward every hook on the computation reports a gradient (zeros
+    included); one that reports none fires beside the computation (a value recorded after
+    the fact, as some bridges do for the attention pattern), and reading it as zero would
+    be wrong, so that is refused. In a GradDrop backward (``cut``) a hook below the cut
+    layer may legitimately see nothing: its effect is then exactly 0 (None).
+    """
+    if name in grads:
+        return grads[name]
+    if cut:
+        return None
+    raise ModelStateError(
+        f"no gradient reaches {name} in this model (its hook fires beside the computation, "
+        "not on it), so attribution there would be a silent zero; score those nodes with "
+        "the node method 'exact' (discover --node-method exact, nodes --method exact)"
+    )
+
+
 def node_effects(
     run: BatchRun,
     grads: dict[str, Tensor],
@@ -173,13 +203,16 @@ def node_effects(
     for site in sites:
         if below is not None and site.layer >= below:
             continue
+        cut = below is not None
         if site.key.startswith("qk:"):
-            if qk.grad_name(site) not in grads:
-                continue  # no gradient reached this layer: no effect
+            if site_grad(grads, qk.grad_name(site), cut) is None:
+                continue  # the cut layer blocks every path from this layer: Î = 0
             per_pos, whole = qk.effects(site, grads)
-        elif site.key in grads:
-            per_pos, whole = dot_effects(site.kind, run.delta(site.key), grads[site.key])
         else:
-            continue
+            grad = site_grad(grads, site.key, cut)
+            if grad is None:
+                continue
+            view = HookSite(site.key, None, site.split).view
+            per_pos, whole = dot_effects(site.kind, view(run.delta(site.key)), view(grad))
         gather(site, out, per_pos, whole)
     return out

@@ -36,6 +36,7 @@ from circuitgraph.run import Mode, Progress
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import Metric, get_metric
 from circuitgraph.tasks.pairs import PromptPairs
+from circuitgraph.text import plural
 
 __all__ = ["Verification", "verify_auto", "verify_nodes"]
 
@@ -104,8 +105,9 @@ class Verification:
                 f"{r['error']:>12.4g}"
             )
         lines.append(
-            f"exact patching of {len(self.nodes)} nodes on {self.n_pairs} pairs ({self.metric}), "
-            f"{self.forward_passes:g} forward passes per pair"
+            f"exact patching of {plural(len(self.nodes), 'node')} on "
+            f"{plural(self.n_pairs, 'pair')} ({self.metric}), "
+            f"{plural(float(self.forward_passes), 'forward pass', 'forward passes')} per pair"
         )
         if self.exhaustive_passes is not None:
             lines.append(self.summary())

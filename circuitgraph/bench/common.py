@@ -163,9 +163,18 @@ def random_pairs(d_vocab: int, n: int, t: int, seed: int = 0) -> PromptPairs:
     corrupt = clean.clone()
     corrupt[:, t // 2] = torch.randint(4, d_vocab, (n,), generator=g)
     ids = torch.randint(4, d_vocab, (2, n), generator=g)
+    # Degenerate pairs are refused by the library: a draw equal to the token it replaces
+    # (or to the answer) moves on to the next id.
+    corrupt[:, t // 2] = _other_than(corrupt[:, t // 2], clean[:, t // 2], d_vocab)
+    ids[1] = _other_than(ids[1], ids[0], d_vocab)
     return PromptPairs.from_tokens(
         clean.tolist(), corrupt.tolist(), ids[0].tolist(), ids[1].tolist()
     )
+
+
+def _other_than(x: torch.Tensor, avoid: torch.Tensor, d_vocab: int) -> torch.Tensor:
+    """``x`` with every entry equal to ``avoid`` replaced by the next id in [4, d_vocab)."""
+    return torch.where(x == avoid, 4 + (x - 3) % (d_vocab - 4), x)
 
 
 def bare_passes(model: Any, pairs: PromptPairs, n_backward: int) -> Callable[[], None]:

@@ -2,7 +2,8 @@
 
 The format comes from ``format=`` or the file name: ``.json`` (our circuit JSON, exact round
 trip), ``.mib.json`` (the EAP-IG / MIB circuit JSON), ``.node-link.json``, ``.graphml``,
-``.dot``, and ``.svg`` / ``.png`` / ``.pdf`` (drawn with Graphviz ``dot``). :func:`read`
+``.dot``, ``.html`` (the interactive viewer, self-contained) and ``.svg`` / ``.png`` /
+``.pdf`` (drawn with Graphviz ``dot``). :func:`read`
 recognises a JSON file by its content, so a circuit written by EAP-IG reads like ours.
 Everything is written atomically; writers raise :class:`~circuitgraph.errors.ExportError`,
 readers :class:`~circuitgraph.errors.DataError`.
@@ -23,7 +24,7 @@ from typing import Any
 
 import networkx as nx
 
-from circuitgraph.errors import ConfigError, DataError
+from circuitgraph.errors import ConfigError, DataError, malformed
 from circuitgraph.export.draw import render, to_dot, write_dot
 from circuitgraph.export.files import PathLike, atomic_write, load_json
 from circuitgraph.export.graphs import (
@@ -38,7 +39,9 @@ from circuitgraph.export.graphs import (
     write_json,
     write_node_link,
 )
+from circuitgraph.export.html import to_html, write_html
 from circuitgraph.export.mib import MIB_EXTRAS_KEY, from_mib, is_mib, read_mib, to_mib, write_mib
+from circuitgraph.nodes import Node
 
 __all__ = [
     "FORMATS",
@@ -57,11 +60,13 @@ __all__ = [
     "read_node_link",
     "render",
     "to_dot",
+    "to_html",
     "to_json",
     "to_mib",
     "write",
     "write_dot",
     "write_graphml",
+    "write_html",
     "write_json",
     "write_mib",
     "write_node_link",
@@ -82,6 +87,7 @@ _WRITERS: dict[str, Callable[..., Path]] = {
     "node-link": write_node_link,
     "graphml": write_graphml,
     "dot": write_dot,
+    "html": write_html,
     "svg": _drawn("svg"),
     "png": _drawn("png"),
     "pdf": _drawn("pdf"),
@@ -97,6 +103,8 @@ _SUFFIXES = (
     (".graphml", "graphml"),
     (".dot", "dot"),
     (".gv", "dot"),
+    (".html", "html"),
+    (".htm", "html"),
     (".svg", "svg"),
     (".png", "png"),
     (".pdf", "pdf"),
@@ -108,6 +116,7 @@ SUFFIX: dict[str, str] = {
     "node-link": ".node-link.json",
     "graphml": ".graphml",
     "dot": ".dot",
+    "html": ".html",
     "svg": ".svg",
     "png": ".png",
     "pdf": ".pdf",
@@ -140,7 +149,8 @@ def write(G: nx.DiGraph, path: PathLike, format: str | None = None, **kwargs: An
 
     ``kwargs`` go to the format's writer (e.g. ``scores=`` an
     :class:`~circuitgraph.scores.EdgeScores` for MIB, so that every edge of the model carries
-    its score; ``title=`` for drawings).
+    its score, or for HTML, so that the size slider walks every attributed edge; ``title=``
+    for drawings and HTML).
 
     Example:
         >>> import tempfile, pathlib
@@ -167,13 +177,28 @@ def read(path: PathLike, format: str | None = None) -> nx.DiGraph:
     """
     fmt = format or (format_of(path) if not str(path).lower().endswith(".json") else "json")
     if fmt == "graphml":
-        return read_graphml(path)
+        return _node_ids_checked(read_graphml(path), str(path))
     if fmt in ("json", "mib", "node-link"):
-        return from_document(load_json(path, "circuit"), str(path))
+        data = load_json(path, "circuit")
+        with malformed("circuit JSON", str(path)):
+            return _node_ids_checked(from_document(data, str(path)), str(path))
     raise ConfigError(
         f"expected a circuit file (.json, .mib.json, .node-link.json or .graphml) to read but "
         f"got the {fmt} file {str(path)!r}; drawings cannot be read back"
     )
+
+
+def _node_ids_checked(G: nx.DiGraph, where: str) -> nx.DiGraph:
+    """Refuse a file whose nodes are not circuit nodes (``a3.h5``, ``m2``, ``logits`` ...)."""
+    for n in G.nodes:
+        try:
+            Node.parse(n)
+        except (ConfigError, TypeError, AttributeError):
+            raise DataError(
+                f"expected node ids such as 'a3.h5', 'm2' or 'logits' in {where} but got {n!r}; "
+                "check the file"
+            ) from None
+    return G
 
 
 def from_document(data: Any, where: str = "the document") -> nx.DiGraph:

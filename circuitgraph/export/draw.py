@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from circuitgraph.errors import ExportError
+from circuitgraph.errors import ExportError, ToolMissingError
 from circuitgraph.export.files import PathLike, atomic_write
+from circuitgraph.text import plural
 
 if TYPE_CHECKING:
     import graphviz
 
-__all__ = ["render", "to_dot", "write_dot"]
+__all__ = ["EDGE_COLORS", "NODE_COLORS", "render", "to_dot", "write_dot"]
 
 
 _FONT = "Helvetica"
@@ -36,6 +37,10 @@ _STYLE: dict[str, dict[str, str]] = {
     "mlp": {"fillcolor": "#b6e3b0", "shape": "box", "style": "filled"},
     "neuron": {"fillcolor": "#def2c8", "shape": "box", "style": "filled"},
 }
+#: fill colour of each node kind (the viewer shares the DOT picture's colours)
+NODE_COLORS: dict[str, str] = {kind: style["fillcolor"] for kind, style in _STYLE.items()}
+#: edge colours: positive / negative signed score, internal (no score)
+EDGE_COLORS: dict[str, str] = {"positive": _POSITIVE, "negative": _NEGATIVE, "internal": _INTERNAL}
 _LEGEND_ROWS = (
     ("input", "input", "embeddings"),
     ("head", "a3.h5", "attention head"),
@@ -111,8 +116,9 @@ def render(
 ) -> Path:
     """Draw the circuit to an SVG, PNG (150 dpi) or PDF file with Graphviz ``dot``.
 
-    ``format`` defaults to the file's suffix. Without ``dot`` on PATH this raises an
-    :class:`~circuitgraph.errors.ExportError` that says how to install it.
+    ``format`` defaults to the file's suffix. Without ``dot`` on PATH this raises a
+    :class:`~circuitgraph.errors.ToolMissingError` (an ``ExportError``) that says how to
+    install it; a failed write (full disk, no permission) is an ``ExportError`` too.
 
     Example:
         >>> from circuitgraph.graph import circuit_from_edges
@@ -123,7 +129,7 @@ def render(
     if fmt not in ("svg", "png", "pdf"):
         raise ExportError(f"expected format svg, png or pdf but got {fmt!r}; pick one of those")
     if shutil.which("dot") is None:
-        raise ExportError(_INSTALL_HINT.format(fmt=fmt.upper()))
+        raise ToolMissingError(_INSTALL_HINT.format(fmt=fmt.upper()))
     import graphviz
 
     dot = to_dot(G, title=title)
@@ -132,7 +138,7 @@ def render(
     try:
         data = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound as exc:
-        raise ExportError(_INSTALL_HINT.format(fmt=fmt.upper())) from exc
+        raise ToolMissingError(_INSTALL_HINT.format(fmt=fmt.upper())) from exc
     except graphviz.CalledProcessError as exc:
         raise ExportError(
             f"Graphviz dot failed to draw the circuit ({exc.stderr!r}); write DOT instead and "
@@ -213,7 +219,10 @@ def _label(G: nx.DiGraph, title: str | None, top: float) -> str:
     """The graph's HTML label: title, summary, warning and a one-row-per-topic legend."""
     a = G.graph
     head = title or " · ".join(str(a[k]) for k in ("task", "model") if a.get(k)) or "circuit"
-    parts = [f"{a.get('n_edges', 0)} edges", f"{a.get('n_nodes', G.number_of_nodes())} nodes"]
+    parts = [
+        plural(a.get("n_edges", 0), "edge"),
+        plural(a.get("n_nodes", G.number_of_nodes()), "node"),
+    ]
     if a.get("faithfulness") is not None:
         parts.append(f"faithfulness {float(a['faithfulness']):.3g}")
     parts += [f"{k.replace('_', ' ')} {a[k]}" for k in ("metric", "edge_method") if a.get(k)]

@@ -12,7 +12,7 @@ from typing import Any
 
 import networkx as nx
 
-from circuitgraph.errors import DataError, ExportError
+from circuitgraph.errors import DataError, ExportError, malformed
 from circuitgraph.export.files import PathLike, atomic_write, dumps, load_json
 
 __all__ = [
@@ -112,7 +112,9 @@ def read_json(path: PathLike) -> nx.DiGraph:
         >>> list(read_json(path).edges)
         [('input', 'logits')]
     """
-    return from_json(load_json(path, "circuit"))
+    data = load_json(path, "circuit")
+    with malformed("circuit JSON", str(path)):
+        return from_json(data)
 
 
 # --------------------------------------------------------------------------------------
@@ -148,7 +150,9 @@ def read_node_link(path: PathLike) -> nx.DiGraph:
         >>> list(read_node_link(path).edges)
         [('input', 'logits')]
     """
-    return from_node_link(load_json(path, "node-link"), str(path))
+    data = load_json(path, "node-link")
+    with malformed("node-link circuit JSON", str(path)):
+        return from_node_link(data, str(path))
 
 
 def from_node_link(data: Any, where: str = "the document") -> nx.DiGraph:
@@ -184,7 +188,7 @@ def _to_graphml_value(value: Any) -> Any:
         return value
     if isinstance(value, str) and not value.startswith(_JSON_TAG):
         return value
-    return _JSON_TAG + dumps(value, indent=None).rstrip("\n")
+    return _JSON_TAG + dumps(value, indent=None, annotate=False).rstrip("\n")
 
 
 def _from_graphml_value(value: Any) -> Any:
@@ -228,9 +232,13 @@ def read_graphml(path: PathLike) -> nx.DiGraph:
     """
     try:
         raw = nx.read_graphml(path, node_type=str)
-    except (OSError, nx.NetworkXError, ValueError) as exc:
-        raise DataError(f"expected a GraphML file at {path} but could not read it ({exc})") from exc
+    except (OSError, nx.NetworkXError, ValueError, SyntaxError) as exc:  # XML ParseError
+        text = " ".join(str(exc).split())
+        raise DataError(
+            f"expected a GraphML file at {path} but could not read it ({text})"
+        ) from exc
     for key in ("node_default", "edge_default"):  # added by networkx's reader, not ours
         if isinstance(raw.graph.get(key), dict):
             del raw.graph[key]
-    return _map_attrs(raw, _from_graphml_value)
+    with malformed("GraphML circuit", str(path)):
+        return _map_attrs(raw, _from_graphml_value)

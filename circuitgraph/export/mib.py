@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import networkx as nx
 
-from circuitgraph.errors import DataError, ExportError
+from circuitgraph.errors import DataError, ExportError, malformed
 from circuitgraph.export.files import PathLike, atomic_write, dumps, load_json
 from circuitgraph.export.graphs import from_json, to_json
 from circuitgraph.graph import circuit_from_edges, edge_attributes
@@ -201,7 +201,9 @@ def read_mib(path: PathLike) -> nx.DiGraph:
         >>> list(read_mib(path).edges)
         [('input', 'logits')]
     """
-    return from_mib(load_json(path, "MIB circuit"))
+    data = load_json(path, "MIB circuit")
+    with malformed("EAP-IG/MIB circuit JSON", str(path)):
+        return from_mib(data)
 
 
 def _mib_cfg(G: nx.DiGraph, cfg: Mapping[str, Any] | None) -> dict[str, Any]:

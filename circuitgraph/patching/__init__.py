@@ -4,7 +4,12 @@ Example:
     >>> from circuitgraph.patching import patch_nodes, patch_edges, evaluate_circuit
 """
 
-from circuitgraph.patching.circuits import CircuitEval, evaluate_circuit, faithfulness_curve
+from circuitgraph.patching.circuits import (
+    CircuitEval,
+    evaluate_circuit,
+    evaluate_circuits,
+    faithfulness_curve,
+)
 from circuitgraph.patching.edges import check_edge, patch_edges
 from circuitgraph.patching.nodes import (
     ABLATIONS,
@@ -20,6 +25,7 @@ __all__ = [
     "CircuitEval",
     "check_edge",
     "evaluate_circuit",
+    "evaluate_circuits",
     "faithfulness_curve",
     "mean_activations",
     "patch_edges",

@@ -15,9 +15,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import source_hook, target_site
+from circuitgraph.arch import Arch
 from circuitgraph.errors import ConfigError
-from circuitgraph.nodes import Edge, Node, can_feed
+from circuitgraph.nodes import Edge, Node
 from circuitgraph.run import (
     Mode,
     Progress,
@@ -32,7 +32,7 @@ from circuitgraph.run import (
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.pairs import PromptPairs
-from circuitgraph.weights import AttnWeights, attn_weights, shift_target, source_outputs
+from circuitgraph.weights import AttnWeights, attn_weights, shift_target, source_deltas
 
 __all__ = ["check_edge", "patch_edges"]
 
@@ -41,11 +41,12 @@ def _edge_deltas(
     model: Any, batch: PromptPairs, sources: Sequence[Node], mode: Mode, weights: AttnWeights
 ) -> Float[Tensor, "b t s d"]:
     """Δout_u = out_u(x_src) − out_u(x_base) for each source (noising: corrupt − clean)."""
-    names = sorted({source_hook(s) for s in sources})
+    arch = Arch.of(model)
+    names = sorted({arch.source_hook(s) for s in sources})
     base, src = (batch.clean, batch.corrupt) if mode == "noising" else (batch.corrupt, batch.clean)
-    out_base = source_outputs(capture(model, base, names), sources, weights)
-    out_src = source_outputs(capture(model, src, names), sources, weights)
-    return out_src - out_base
+    return source_deltas(
+        model, capture(model, base, names), capture(model, src, names), sources, weights
+    )
 
 
 def _edge_patch_hook(
@@ -56,11 +57,12 @@ def _edge_patch_hook(
     k: int,
 ) -> Callable[[Tensor, Any], Tensor]:
     """Forward hook at one target site: copy j's target input moves by its edge's Δout."""
+    arch = Arch.of(model)
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         out = act.clone().view(k, act.shape[0] // k, *act.shape[1:])
         for j, target, delta in members:
-            site = target_site(target)
+            site = arch.target_site(target)
             x = (
                 None
                 if site.residual is None
@@ -70,7 +72,7 @@ def _edge_patch_hook(
             if site.index is None:
                 out[j] += change
             else:
-                out[j, :, :, site.index] += change
+                site.view(out[j])[:, :, site.index] += change
         return out.view_as(act)
 
     return hook
@@ -85,11 +87,14 @@ def patch_edges(
     batch_size: int = 32,
     max_rows: int | None = None,
     progress: Progress | None = None,
+    scale: float = 1.0,
 ) -> EdgeScores:
     """Exact edge patching: for each edge u → v, v's input shifted by Δout_u, all else clean.
 
     One (batched) forward per edge: the batch is repeated, one copy per edge. Returns
     :class:`~circuitgraph.scores.EdgeScores` over the edges' sources and targets.
+    ``scale`` s shifts by s·Δout_u instead: effects at a vanishing s, divided by s, are
+    what edge attribution patching (EAP) estimates.
 
     Example:
         >>> exact = patch_edges(model, pairs, [Edge.parse("a0.h1->a1.h0<k>")])  # doctest: +SKIP
@@ -97,8 +102,9 @@ def patch_edges(
     edges = list(dict.fromkeys(edges))
     if not edges:
         raise ConfigError("expected at least one edge to patch but got none")
+    arch = Arch.of(model)
     for e in edges:
-        check_edge(e)
+        check_edge(e, arch)
     sources = sorted({e.src for e in edges}, key=lambda n: n.sort_key)
     targets = sorted({e.dst for e in edges}, key=lambda n: n.sort_key)
     s_idx = {n: i for i, n in enumerate(sources)}
@@ -107,7 +113,7 @@ def patch_edges(
     total = torch.zeros(len(edges), dtype=torch.float64)
     for batch in opts.batches(pairs):
         ctx = base_run(model, batch, metric, opts.mode)
-        deltas = _edge_deltas(model, batch, sources, opts.mode, weights)
+        deltas = scale * _edge_deltas(model, batch, sources, opts.mode, weights)
         k = max(1, rows_per_pass(model, batch, max_rows) // len(batch))
         for start in range(0, len(edges), k):
             chunk = edges[start : start + k]
@@ -127,11 +133,12 @@ def _edge_effects(
     weights: AttnWeights,
 ) -> Float[Tensor, "k b"]:
     k, b = len(chunk), len(ctx.batch)
+    arch = Arch.of(model)
     groups: dict[str, list[tuple[int, Node, Tensor]]] = defaultdict(list)
     for j, e in enumerate(chunk):
-        groups[target_site(e.dst).name].append((j, e.dst, deltas[:, :, s_idx[e.src]]))
+        groups[arch.target_site(e.dst).name].append((j, e.dst, deltas[:, :, s_idx[e.src]]))
     live: dict[str, Tensor] = {}
-    residuals = {r for e in chunk if (r := target_site(e.dst).residual)}
+    residuals = {r for e in chunk if (r := arch.target_site(e.dst).residual)}
     fwd: list[tuple[str, Callable[..., Any]]] = [
         (r, keep(live, r, detach=False)) for r in sorted(residuals)
     ]
@@ -143,14 +150,15 @@ def _edge_effects(
     return values.view(k, b).double() - ctx.base_metric.view(1, b).double()
 
 
-def check_edge(e: Edge) -> None:
+def check_edge(e: Edge, arch: Arch) -> None:
     """Refuse an edge whose source writes after its target reads (or a non-edge)."""
-    source_hook(e.src)
-    target_site(e.dst)
-    if not can_feed(e.src, e.dst):
+    arch.source_hook(e.src)
+    arch.target_site(e.dst)
+    if not arch.can_feed(e.src, e.dst):
+        block = " (attention and MLP of a layer run in parallel here)" if arch.parallel else ""
         raise ConfigError(
             f"edge {e.id} does not exist: {e.src.id} writes to the residual stream after "
-            f"{e.dst.id} reads it"
+            f"{e.dst.id} reads it{block}"
         )
 
 

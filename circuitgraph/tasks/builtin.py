@@ -1,9 +1,12 @@
-"""Built-in tasks: indirect-object identification, induction and greater-than.
+"""Built-in tasks: indirect-object identification, induction and greater-than (here), and
+gendered-pronoun resolution and capital recall (:mod:`~circuitgraph.tasks.pronouns`,
+:mod:`~circuitgraph.tasks.capitals`), in one registry :data:`TASKS`.
 
 Each task is a seeded generator of :class:`~circuitgraph.tasks.pairs.TextPair` that works with
-any tokenizer: the names, numbers and words it substitutes are checked to be single tokens
-(with a leading space, so GPT-2-style BPE works too), which also makes clean and corrupt
-prompts tokenize to the same length. The zoo's training corpus
+any tokenizer: the names, numbers and words it substitutes are drawn from those that are single
+tokens of it (with a leading space, so GPT-2-style BPE works too), which also makes clean and
+corrupt prompts tokenize to the same length; greater-than switches to a digit-by-digit form
+where two-digit numbers are not tokens. The zoo's training corpus
 (:mod:`circuitgraph.zoo.corpus`) samples from the same templates and lists through the
 ``sample_*`` functions below, so the tasks and the corpus cannot drift apart.
 """
@@ -11,15 +14,18 @@ prompts tokenize to the same length. The zoo's training corpus
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from circuitgraph.errors import ConfigError, DataError
+from circuitgraph.tasks.capitals import generate_capitals
+from circuitgraph.tasks.checks import require_enough, require_known, require_single, single_tokens
 from circuitgraph.tasks.pairs import PromptPairs, TextPair, tokenize_pairs
+from circuitgraph.tasks.pronouns import generate_pronoun
 
 __all__ = [
+    "GREATER_THAN_DIGIT_TEMPLATES",
     "GREATER_THAN_NOUNS",
     "GREATER_THAN_TEMPLATES",
     "INDUCTION_LENGTHS",
@@ -34,9 +40,11 @@ __all__ = [
     "get_task",
     "make_pairs",
     "sample_greater_than",
+    "sample_greater_than_digits",
     "sample_induction",
     "sample_ioi",
     "single_tokens",
+    "splits_digits",
 ]
 
 # From the name list of the IOI paper (Wang et al. 2022), all single tokens in GPT-2.
@@ -63,6 +71,8 @@ IOI_TEMPLATES: tuple[str, ...] = (
 IOI_PLACES: tuple[str, ...] = (
     "store", "garden", "school", "park", "office", "station", "hospital", "restaurant",
 )  # fmt: skip
+#: fewest single-token names IOI needs (three per prompt, and variety across prompts)
+IOI_MIN_NAMES = 10
 IOI_OBJECTS: tuple[str, ...] = (
     "drink", "book", "ring", "bone", "ball", "letter", "bag", "gift",
 )  # fmt: skip
@@ -77,6 +87,11 @@ GREATER_THAN_NOUNS: tuple[str, ...] = (
     "war", "expedition", "siege", "project", "campaign", "reign", "journey", "festival",
     "drought", "strike",
 )  # fmt: skip
+#: the digit-level form, for tokenizers without a token per two-digit number
+GREATER_THAN_DIGIT_TEMPLATES: tuple[str, ...] = (
+    "The {NOUN} lasted from the year {CC}{YY} to the year {CC}",
+    "The {NOUN} started in the year {CC}{YY} and ended in the year {CC}",
+)
 NUMBERS: tuple[str, ...] = tuple(f"{i:02d}" for i in range(1, 100))
 _CENTURIES = tuple(f"{c:02d}" for c in range(11, 20))
 _CORRUPT_YEAR = "01"
@@ -117,52 +132,6 @@ class Task:
     metric: str = "logit_diff"
 
 
-# --- tokenizer checks -------------------------------------------------------------------
-
-
-def _one_token(tokenizer: Any, word: str) -> bool:
-    ids = tokenizer.encode(f" {word}", add_special_tokens=False)
-    unk = getattr(tokenizer, "unk_token_id", None)
-    return len(ids) == 1 and (unk is None or ids[0] != unk)
-
-
-def single_tokens(tokenizer: Any, words: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split ``words`` into those that are one known token (with a leading space) and the rest.
-
-    Example:
-        >>> from circuitgraph.zoo.tokenizer import build_word_tokenizer
-        >>> single_tokens(build_word_tokenizer(["Mary"]), ["Mary", "Zed"])
-        (['Mary'], ['Zed'])
-    """
-    ok = [w for w in words if _one_token(tokenizer, w)]
-    good = set(ok)
-    return ok, [w for w in words if w not in good]
-
-
-def _require_single(tokenizer: Any, words: Sequence[str], what: str, task: str) -> None:
-    _, bad = single_tokens(tokenizer, words)
-    if bad:
-        shown = ", ".join(repr(w) for w in bad[:8]) + (" ..." if len(bad) > 8 else "")
-        raise DataError(
-            f"task {task!r}: expected every {what} to be a single token of this tokenizer but "
-            f"{len(bad)} are not ({shown}); use a tokenizer whose vocabulary has them, or "
-            "a data file (--data) instead"
-        )
-
-
-def _require_known(tokenizer: Any, text: str, task: str) -> None:
-    """Refuse prompts whose fixed words the tokenizer maps to its unknown token."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None or unk not in tokenizer.encode(text, add_special_tokens=False):
-        return
-    words = re.findall(r"\w+|[^\w\s]", text)
-    bad = sorted({w for w in words if unk in tokenizer.encode(w, add_special_tokens=False)})
-    raise DataError(
-        f"task {task!r}: expected the prompt words to be in the tokenizer's vocabulary but "
-        f"{bad} are unknown; use a tokenizer whose vocabulary has them"
-    )
-
-
 # --- IOI --------------------------------------------------------------------------------
 
 
@@ -201,15 +170,19 @@ def sample_ioi(rng: random.Random, names: Sequence[str] = NAMES) -> IOIExample:
 
 
 def _generate_ioi(tokenizer: Any, n: int, seed: int) -> list[TextPair]:
-    """IOI pairs: answer the indirect object, wrong the subject; corrupt is ABC (S2 → C)."""
-    _require_single(tokenizer, NAMES, "name", "ioi")
+    """IOI pairs: answer the indirect object, wrong the subject; corrupt is ABC (S2 → C).
+
+    Only the names that are single tokens of this tokenizer are drawn (places, objects and
+    template words may take several tokens: they are the same in clean and corrupt).
+    """
+    names = require_enough(tokenizer, NAMES, IOI_MIN_NAMES, "name", "ioi")
     for template in IOI_TEMPLATES:
-        _require_known(tokenizer, template.format(A="", B="", S="", PLACE="", OBJECT=""), "ioi")
-    _require_known(tokenizer, " ".join(IOI_PLACES + IOI_OBJECTS), "ioi")
+        require_known(tokenizer, template.format(A="", B="", S="", PLACE="", OBJECT=""), "ioi")
+    require_known(tokenizer, " ".join(IOI_PLACES + IOI_OBJECTS), "ioi")
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        ex = sample_ioi(rng)
+        ex = sample_ioi(rng, names)
         out.append(TextPair(ex.clean, ex.corrupt, f" {ex.io}", f" {ex.subject}"))
     return out
 
@@ -319,23 +292,74 @@ def sample_greater_than(rng: random.Random) -> GreaterThanExample:
     )
 
 
+def sample_greater_than_digits(rng: random.Random) -> GreaterThanExample:
+    """The digit-level form: "The war lasted from the year 1732 to the year 17" with YY in
+    10..89, for tokenizers that write a number one digit per token.
+
+    The next token is the tens digit of the end year: ``answer`` is a digit above YY's tens
+    digit and ``wrong`` one below it (a tens digit equal to YY's can go either way). The
+    corrupt prompt has YY = 01.
+
+    Example:
+        >>> ex = sample_greater_than_digits(random.Random(0))
+        >>> int(ex.wrong) < ex.start // 10 < int(ex.answer)
+        True
+    """
+    start = rng.randint(10, 89)
+    tens = start // 10
+    template = rng.choice(GREATER_THAN_DIGIT_TEMPLATES)
+    fill = {"NOUN": rng.choice(GREATER_THAN_NOUNS), "CC": rng.choice(_CENTURIES)}
+    return GreaterThanExample(
+        clean=template.format(YY=f"{start:02d}", **fill),
+        corrupt=template.format(YY=_CORRUPT_YEAR, **fill),
+        start=start,
+        answer=str(rng.randint(tens + 1, 9)),
+        wrong=str(rng.randint(0, tens - 1)),
+    )
+
+
+def splits_digits(tokenizer: Any) -> bool:
+    """Whether this tokenizer writes numbers one token per digit (Llama 3, SmolLM2, Qwen, ...).
+
+    Example:
+        >>> from circuitgraph.zoo.tokenizer import build_word_tokenizer
+        >>> splits_digits(build_word_tokenizer(["17", "32"]))
+        False
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = {d: tokenizer.encode(d, add_special_tokens=False) for d in "0123456789"}
+    if any(len(i) != 1 or i[0] == unk for i in ids.values()):
+        return False
+    return all(
+        tokenizer.encode(f" {year}", add_special_tokens=False)[-4:] == [ids[d][0] for d in year]
+        for year in ("1732", "1901", "1899")
+    )
+
+
 def _generate_greater_than(tokenizer: Any, n: int, seed: int) -> list[TextPair]:
-    """Greater-than pairs: answer a later two-digit year, wrong an earlier one."""
-    _require_single(tokenizer, NUMBERS, "two-digit number", "greater-than")
-    for template in GREATER_THAN_TEMPLATES:
-        _require_known(tokenizer, template.format(NOUN="", CC="", YY=""), "greater-than")
-    _require_known(tokenizer, " ".join(GREATER_THAN_NOUNS), "greater-than")
+    """Greater-than pairs: answer a later year, wrong an earlier one; two-digit numbers as
+    tokens where the tokenizer has them all, else the digit-level form."""
+    whole = not single_tokens(tokenizer, NUMBERS)[1]
+    if not whole and not splits_digits(tokenizer):
+        require_single(tokenizer, NUMBERS, "two-digit number", "greater-than")
+    templates = GREATER_THAN_TEMPLATES if whole else GREATER_THAN_DIGIT_TEMPLATES
+    for template in templates:
+        require_known(tokenizer, template.format(NOUN="", CC="", YY=""), "greater-than")
+    require_known(tokenizer, " ".join(GREATER_THAN_NOUNS), "greater-than")
+    sample = sample_greater_than if whole else sample_greater_than_digits
+    space = " " if whole else ""  # a digit inside a number has no space before it
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        ex = sample_greater_than(rng)
-        out.append(TextPair(ex.clean, ex.corrupt, f" {ex.answer}", f" {ex.wrong}"))
+        ex = sample(rng)
+        out.append(TextPair(ex.clean, ex.corrupt, space + ex.answer, space + ex.wrong))
     return out
 
 
 # --- registry ---------------------------------------------------------------------------
 
 _FULL = ("gpt2-4l", "llama-gqa-4l")
+_REAL = ("smollm2-135m",)
 
 TASKS: dict[str, Task] = {
     t.name: t
@@ -345,20 +369,35 @@ TASKS: dict[str, Task] = {
             "indirect-object identification: 'When Mary and John went to the store, John gave "
             "a drink to' -> Mary (corrupt: the repeated name replaced by a third)",
             _generate_ioi,
-            _FULL,
+            (*_FULL, *_REAL),
         ),
         Task(
             "induction",
             "repeated random words: '... x_k x_k+1 ... x_k' -> x_k+1 (corrupt: new first half)",
             _generate_induction,
-            ("attn-only-2l", *_FULL),
+            ("attn-only-2l", *_FULL, *_REAL),
         ),
         Task(
             "greater-than",
             "'The war lasted from the year 17 32 to the year 17' -> a year > 32 over one < 32 "
-            "(corrupt: 17 01)",
+            "(corrupt: 17 01); digit by digit where two-digit numbers are not single tokens "
+            "('... 1732 to the year 17' -> tens digit > 3)",
             _generate_greater_than,
-            _FULL,
+            (*_FULL, *_REAL),
+        ),
+        Task(
+            "gendered-pronoun",
+            "'So Mary is a really great friend, isn't' -> she over he (corrupt: a name of the "
+            "other gender); needs an English vocabulary",
+            generate_pronoun,
+            _REAL,
+        ),
+        Task(
+            "capitals",
+            "factual recall: 'The capital of France is' -> Paris over the corrupt country's "
+            "capital (corrupt: another country); needs an English vocabulary",
+            generate_capitals,
+            _REAL,
         ),
     )
 }
@@ -383,9 +422,16 @@ def get_task(name: str | Task) -> Task:
 
 
 def make_pairs(
-    task: str | Task, tokenizer: Any, n: int, seed: int = 0, max_len: int | None = None
+    task: str | Task,
+    tokenizer: Any,
+    n: int,
+    seed: int = 0,
+    max_len: int | None = None,
+    bos: bool | None = None,
 ) -> PromptPairs:
-    """Generate ``n`` pairs of a built-in task and tokenize them (BOS prepended).
+    """Generate ``n`` pairs of a built-in task and tokenize them; ``bos`` says whether to
+    prepend the BOS token (None: as the tokenizer itself does, see
+    :func:`~circuitgraph.tasks.pairs.adds_bos`).
 
     Example:
         >>> pairs = make_pairs("ioi", model.tokenizer, 64, seed=0)  # doctest: +SKIP
@@ -396,4 +442,4 @@ def make_pairs(
     if n < 1:
         raise ConfigError(f"expected at least 1 prompt pair but got n={n}; pass a positive n")
     pairs = task.generate(tokenizer, n, seed)
-    return tokenize_pairs(tokenizer, pairs, max_len=max_len, where=f"{task.name} pair")
+    return tokenize_pairs(tokenizer, pairs, bos=bos, max_len=max_len, where=f"{task.name} pair")

@@ -120,8 +120,11 @@ def load_pairs_file(path: str | Path) -> list[TextPair]:
     return [pair for _, pair in _read(path)]
 
 
-def load_pairs(path: str | Path, tokenizer: Any, max_len: int | None = None) -> PromptPairs:
-    """Read and tokenize a pairs file; errors name the file's line.
+def load_pairs(
+    path: str | Path, tokenizer: Any, max_len: int | None = None, bos: bool | None = None
+) -> PromptPairs:
+    """Read and tokenize a pairs file; errors name the file's line. ``bos`` as in
+    :func:`~circuitgraph.tasks.pairs.tokenize_pairs` (None: the tokenizer's convention).
 
     Example:
         >>> pairs = load_pairs("pairs.jsonl", model.tokenizer)  # doctest: +SKIP
@@ -130,6 +133,7 @@ def load_pairs(path: str | Path, tokenizer: Any, max_len: int | None = None) -> 
     return tokenize_pairs(
         tokenizer,
         [pair for _, pair in records],
+        bos=bos,
         max_len=max_len,
         labels=[f"{path} line {line}" for line, _ in records],
     )

@@ -24,12 +24,14 @@ MetricFn = Callable[[Float[Tensor, "b v"], PromptPairs, "Float[Tensor, 'b v'] | 
 
 @dataclass(frozen=True)
 class Metric:
-    """A named metric. ``needs_reference``: it compares with the clean distribution."""
+    """A named metric. ``needs_reference``: it compares with the clean distribution;
+    ``compares_wrong``: it reads the wrong answer (so answer = wrong makes it constant)."""
 
     name: str
     fn: MetricFn
     description: str
     needs_reference: bool = False
+    compares_wrong: bool = False
 
     def __call__(
         self,
@@ -99,7 +101,12 @@ def _kl(logits: Tensor, batch: PromptPairs, ref: Tensor | None) -> Tensor:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("logit_diff", _logit_diff, "logit(answer) - logit(wrong) at the answer position"),
+        Metric(
+            "logit_diff",
+            _logit_diff,
+            "logit(answer) - logit(wrong) at the answer position",
+            compares_wrong=True,
+        ),
         Metric("logprob", _logprob, "log-probability of the answer"),
         Metric("prob", _prob, "probability of the answer"),
         Metric("kl", _kl, "KL(clean || run) of the next-token distribution", needs_reference=True),

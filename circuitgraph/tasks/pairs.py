@@ -7,6 +7,7 @@ gives the unpadded prompt: no attention mask is needed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,9 +16,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from circuitgraph.errors import DataError
+from circuitgraph.errors import CircuitGraphWarning, DataError
 
-__all__ = ["PromptPairs", "TextPair", "tokenize_pairs"]
+__all__ = ["PromptPairs", "TextPair", "adds_bos", "check_pairs", "resolve_bos", "tokenize_pairs"]
 
 
 @dataclass(frozen=True)
@@ -172,15 +173,52 @@ def _single_token(tokenizer: Any, text: str, what: str, where: str) -> int:
     return int(ids[0])
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer's own convention puts its BOS token first when it encodes text
+    (Llama and Gemma tokenizers do; GPT-2's, Qwen's and SmolLM2's do not).
+
+    Example:
+        >>> from circuitgraph.zoo.tokenizer import build_word_tokenizer
+        >>> adds_bos(build_word_tokenizer(["a"]))  # the zoo's word-level tokenizer does
+        True
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = list(tokenizer.encode("a", add_special_tokens=True))
+    return len(ids) > len(tokenizer.encode("a", add_special_tokens=False)) and ids[0] == bos
+
+
+def resolve_bos(tokenizer: Any, bos: bool | None) -> bool:
+    """Whether prompts get a BOS token: ``bos`` when given, else the tokenizer's convention.
+
+    Example:
+        >>> from circuitgraph.zoo.tokenizer import build_word_tokenizer
+        >>> resolve_bos(build_word_tokenizer(["a"]), False)
+        False
+    """
+    if bos is None:
+        return adds_bos(tokenizer)
+    if bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise DataError(
+            "expected a tokenizer with a BOS token to prepend (--bos) but this one has none; "
+            "use --no-bos or leave the choice to the tokenizer"
+        )
+    return bool(bos)
+
+
 def tokenize_pairs(
     tokenizer: Any,
     pairs: Sequence[TextPair],
-    prepend_bos: bool = True,
+    bos: bool | None = None,
     max_len: int | None = None,
     where: str = "pair",
     labels: Sequence[str] | None = None,
 ) -> PromptPairs:
     """Tokenize text pairs into a right-padded :class:`PromptPairs` batch.
+
+    ``bos``: prepend the tokenizer's BOS token to every prompt (True), never (False), or as
+    the tokenizer itself does when it encodes text (None, see :func:`adds_bos`).
 
     Raises a :class:`DataError` naming the pair when clean and corrupt tokenize to different
     lengths, when an answer is not one token, or when a prompt is longer than ``max_len``.
@@ -192,7 +230,7 @@ def tokenize_pairs(
     """
     if not pairs:
         raise DataError("expected at least one prompt pair but got none; check the data")
-    bos = getattr(tokenizer, "bos_token_id", None) if prepend_bos else None
+    bos_id = tokenizer.bos_token_id if resolve_bos(tokenizer, bos) else None
     clean, corrupt, answer, wrong = [], [], [], []
     if labels is not None and len(labels) != len(pairs):
         raise DataError(f"expected one label per pair but got {len(labels)} for {len(pairs)} pairs")
@@ -200,8 +238,8 @@ def tokenize_pairs(
         label = f"{where} {i + 1}" if labels is None else labels[i]
         c = list(tokenizer.encode(pair.clean, add_special_tokens=False))
         n = list(tokenizer.encode(pair.corrupt, add_special_tokens=False))
-        if bos is not None:
-            c, n = [bos, *c], [bos, *n]
+        if bos_id is not None:
+            c, n = [bos_id, *c], [bos_id, *n]
         if len(c) != len(n):
             raise DataError(
                 f"{label}: expected clean and corrupt of the same token length but got {len(c)} "
@@ -220,3 +258,67 @@ def tokenize_pairs(
         wrong.append(_single_token(tokenizer, pair.wrong, "wrong answer", label))
     pad = getattr(tokenizer, "pad_token_id", None)
     return PromptPairs.from_tokens(clean, corrupt, answer, wrong, pad_id=0 if pad is None else pad)
+
+
+def check_pairs(pairs: PromptPairs, d_vocab: int | None = None, compares_wrong: bool = True) -> int:
+    """Refuse degenerate prompt pairs before any model work; returns how many pairs have
+    identical clean and corrupt prompts.
+
+    Refused (a :class:`DataError`): a token id outside ``[0, d_vocab)``; a pair whose answer
+    equals its wrong answer when the metric compares them (``logit_diff`` would be 0 for it
+    whatever the model does); every pair's clean prompt equal to its corrupt one (every
+    effect would be 0). Some identical pairs are only warned about
+    (:class:`~circuitgraph.errors.CircuitGraphWarning`): they add zeros to every mean.
+
+    Example:
+        >>> check_pairs(PromptPairs.from_tokens([[2, 5], [2, 6]], [[2, 7], [2, 6]], [8, 8], [9, 9]), 10)
+        1
+    """
+    if d_vocab is not None:
+        _check_vocab(pairs, d_vocab)
+    n = len(pairs)
+    if compares_wrong:
+        same = (pairs.answer == pairs.wrong).nonzero().flatten().tolist()
+        if same:
+            raise DataError(
+                f"expected the answer and the wrong answer to differ but they are the same token "
+                f"in {len(same)} of {n} pairs (pair {_numbers(same)}); the logit difference is 0 "
+                "there whatever the model does, so fix the 'wrong' field"
+            )
+    differs = ((pairs.clean != pairs.corrupt) & pairs.mask).any(-1)
+    identical = (~differs).nonzero().flatten().tolist()
+    if len(identical) == n:
+        raise DataError(
+            f"expected clean and corrupt prompts that differ but all {n} pairs are identical; "
+            "every effect would be 0, so give each corrupt prompt a substituted token"
+        )
+    if identical:
+        warnings.warn(
+            f"{len(identical)} of {n} pairs have identical clean and corrupt prompts (pair "
+            f"{_numbers(identical)}); they add zeros to every mean, so remove them",
+            CircuitGraphWarning,
+            stacklevel=2,
+        )
+    return len(identical)
+
+
+def _check_vocab(pairs: PromptPairs, d_vocab: int) -> None:
+    for name in ("clean", "corrupt", "answer", "wrong"):
+        ids = getattr(pairs, name)
+        inside = (ids >= 0) & (ids < d_vocab)
+        if ids.dim() == 2:  # padding is not the model's business
+            inside = (inside | ~pairs.mask).all(-1)
+        if not bool(inside.all()):
+            i = int((~inside).nonzero()[0, 0])
+            row = ids[i][pairs.mask[i]] if ids.dim() == 2 else ids[i : i + 1]
+            value = int(row[(row < 0) | (row >= d_vocab)][0])
+            raise DataError(
+                f"pair {i + 1}: expected {name} token ids in [0, {d_vocab}) (the model's "
+                f"vocabulary) but got {value}; tokenize the pairs with the model's own tokenizer"
+            )
+
+
+def _numbers(index: list[int], shown: int = 5) -> str:
+    """1-based pair numbers, the first few of them: '2, 5, 7 and 3 more'."""
+    head = ", ".join(str(i + 1) for i in index[:shown])
+    return head if len(index) <= shown else f"{head} and {len(index) - shown} more"

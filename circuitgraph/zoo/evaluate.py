@@ -25,16 +25,23 @@ EVAL_N = 500
 
 
 def logit_diffs(
-    model: Any, tokenizer: Any, task: str | Task, n: int, seed: int, batch_size: int = 128
+    model: Any,
+    tokenizer: Any,
+    task: str | Task,
+    n: int,
+    seed: int,
+    batch_size: int = 128,
+    bos: bool | None = None,
 ) -> Float[Tensor, " n"]:
-    """logit(answer) − logit(wrong) on each clean prompt of ``n`` generated pairs.
+    """logit(answer) − logit(wrong) on each clean prompt of ``n`` generated pairs (``bos`` as
+    in :func:`~circuitgraph.tasks.builtin.make_pairs`).
 
     Example:
         >>> model, info = load_model("zoo:attn-only-2l")  # doctest: +SKIP
         >>> logit_diffs(model, model.tokenizer, "induction", 8, seed=0).shape  # doctest: +SKIP
         torch.Size([8])
     """
-    pairs = make_pairs(task, tokenizer, n, seed=seed, max_len=int(model.cfg.n_ctx))
+    pairs = make_pairs(task, tokenizer, n, seed=seed, max_len=int(model.cfg.n_ctx), bos=bos)
     metric = get_metric("logit_diff")
     device = next(iter(model.parameters())).device
     out = []
@@ -47,7 +54,12 @@ def logit_diffs(
 
 
 def evaluate(
-    model: Any, tokenizer: Any, task: str | Task, n: int = EVAL_N, seed: int = EVAL_SEED
+    model: Any,
+    tokenizer: Any,
+    task: str | Task,
+    n: int = EVAL_N,
+    seed: int = EVAL_SEED,
+    bos: bool | None = None,
 ) -> tuple[float, float]:
     """(share of pairs with logit_diff > 0, mean logit_diff) on ``n`` held-out pairs.
 
@@ -55,5 +67,5 @@ def evaluate(
         >>> model, info = load_model("zoo:gpt2-4l")  # doctest: +SKIP
         >>> accuracy, mean_diff = evaluate(model, model.tokenizer, "ioi")  # doctest: +SKIP
     """
-    diffs = logit_diffs(model, tokenizer, task, n, seed)
+    diffs = logit_diffs(model, tokenizer, task, n, seed, bos=bos)
     return float((diffs > 0).float().mean()), float(diffs.mean())

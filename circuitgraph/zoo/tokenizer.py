@@ -11,7 +11,8 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
 def build_word_tokenizer(words: Sequence[str], path: str | Path | None = None) -> Any:
-    """A word-level tokenizer: ids 0-3 are ``<pad> <unk> <bos> <eos>``, then ``words``.
+    """A word-level tokenizer: ids 0-3 are ``<pad> <unk> <bos> <eos>``, then ``words``; encoding
+    with special tokens puts ``<bos>`` first.
 
     Text is split at whitespace and around punctuation, so ``"store, John"`` is the three
     tokens ``store , John`` (put ``","`` in ``words`` to know it). Saved to ``path``
@@ -22,7 +23,7 @@ def build_word_tokenizer(words: Sequence[str], path: str | Path | None = None) -
         >>> tok.encode("the cat.", add_special_tokens=False)
         [4, 5, 6]
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *dict.fromkeys(words)])}
@@ -31,6 +32,12 @@ def build_word_tokenizer(words: Sequence[str], path: str | Path | None = None) -
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     )
     core.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    # The zoo models are trained on BOS + document, so encoding text adds BOS: the convention
+    # that prompt pairs follow by default (circuitgraph.tasks.pairs.adds_bos).
+    bos = vocab["<bos>"]
+    core.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B:1", special_tokens=[("<bos>", bos)]
+    )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token="<pad>",

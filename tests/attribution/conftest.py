@@ -21,7 +21,7 @@ from circuitgraph.model import load_model, model_info
 from circuitgraph.tasks.pairs import PromptPairs
 from circuitgraph.zoo.tokenizer import build_word_tokenizer
 
-from ..conftest import D_VOCAB, VOCAB_WORDS
+from ..conftest import D_VOCAB, VOCAB_WORDS, distinct
 
 EPS = 1e-7
 TWIN = 22  # tokens 4..25 have twins 26..47
@@ -140,8 +140,8 @@ def mixed_pairs(n: int = 6, t_max: int = 9, seed: int = 0, twins: bool = False) 
         )
         clean.append(c)
         corrupt.append(x)
-    ids = torch.randint(4, D_VOCAB, (2, n), generator=g)
-    return PromptPairs.from_tokens(clean, corrupt, ids[0].tolist(), ids[1].tolist())
+    ids = torch.randint(4, D_VOCAB, (2, n), generator=g).tolist()
+    return PromptPairs.from_tokens(clean, corrupt, ids[0], distinct(*ids, 4, D_VOCAB))
 
 
 # --------------------------------------------------------------------------------------
@@ -206,10 +206,8 @@ def additive():
     gp = torch.Generator().manual_seed(4)
     clean = torch.randint(0, 12, (8, 6), generator=gp)
     corrupt = torch.randint(0, 12, (8, 6), generator=gp)
-    ids = torch.randint(0, 12, (2, 8), generator=gp)
-    pairs = PromptPairs.from_tokens(
-        clean.tolist(), corrupt.tolist(), ids[0].tolist(), ids[1].tolist()
-    )
+    ids = torch.randint(0, 12, (2, 8), generator=gp).tolist()
+    pairs = PromptPairs.from_tokens(clean.tolist(), corrupt.tolist(), ids[0], distinct(*ids, 0, 12))
     return model, info, pairs
 
 
@@ -220,8 +218,10 @@ def additive():
 
 def reference_effects(model, pairs: PromptPairs, nodes, mode: str = "noising") -> torch.Tensor:
     """E I(n) per node by plain hooked forwards, metric kept in the model's dtype."""
-    from circuitgraph.arch import hook_site
+    from circuitgraph.arch import Arch
     from circuitgraph.tasks.metrics import answer_logits, get_metric
+
+    hook_site = Arch.of(model).node_site
 
     metric = get_metric("logit_diff")
     base, src = (pairs.clean, pairs.corrupt) if mode == "noising" else (pairs.corrupt, pairs.clean)

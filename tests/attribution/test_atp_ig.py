@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from circuitgraph.attribution import attribute_nodes
-from circuitgraph.errors import ConfigError
+from circuitgraph.errors import CircuitGraphWarning, ConfigError
 from circuitgraph.nodes import Node, enumerate_nodes
 
-from ..conftest import random_pairs
+from ..conftest import only_first_differs, random_pairs
 from .conftest import EPS, mixed_pairs, reference_effects
 
 
@@ -77,11 +77,14 @@ def test_pass_counts_modes_and_bad_options(tiny_llama, pairs):
 
 
 @pytest.mark.parametrize("method", ["atp-ig", "atp*-mean"])
-def test_clean_equals_corrupt_gives_zero(tiny, pairs, method):
-    from dataclasses import replace
-
+def test_pairs_with_clean_equal_to_corrupt_add_exact_zeros(tiny, pairs, method):
+    # Every pair but the first is identical: the mean over n pairs is the first pair's / n.
     model, info = tiny
-    same = replace(pairs, corrupt=pairs.clean)
     nodes = enumerate_nodes(info, ["head", "q", "k", "v", "mlp"])
-    got = attribute_nodes(model, same, method=method, nodes=nodes, batch_size=4)
-    assert torch.count_nonzero(got.signed) == 0 and torch.count_nonzero(got.score) == 0
+    one = {"method": method, "nodes": nodes, "batch_size": 1}
+    with pytest.warns(CircuitGraphWarning, match=f"{len(pairs) - 1} of {len(pairs)} pairs"):
+        mixed = attribute_nodes(model, only_first_differs(pairs), **one)
+    alone = attribute_nodes(model, pairs.select(slice(0, 1)), **one)
+    tol = 1e-4 * float(alone.signed.abs().max())
+    assert torch.allclose(mixed.signed * len(pairs), alone.signed, rtol=1e-4, atol=tol)
+    assert alone.signed.abs().max() > 1e-3

@@ -11,14 +11,14 @@ from circuitgraph.attribution import (
     attribute_edges,
     edge_candidates,
 )
-from circuitgraph.errors import ConfigError
+from circuitgraph.errors import CircuitGraphWarning, ConfigError, DataError
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.patching import patch_edges
 from circuitgraph.scores import NodeScores
 from circuitgraph.tasks.metrics import get_metric
 from circuitgraph.tasks.pairs import PromptPairs
 
-from ..conftest import random_pairs
+from ..conftest import only_first_differs, random_pairs
 from .conftest import mixed_pairs
 
 
@@ -239,14 +239,20 @@ def test_unknown_method_and_registry():
         attribute_edges(None, None, method="magic")  # type: ignore[arg-type]
 
 
-def test_clean_equals_corrupt_gives_zero_edges(tiny_gpt2):
+def test_pairs_with_clean_equal_to_corrupt_add_zero_edges(tiny_gpt2):
     from dataclasses import replace
 
     model, _ = tiny_gpt2
     pairs = random_pairs(3)
-    same = replace(pairs, corrupt=pairs.clean)
     for method in ("eap", "eap-ig"):
-        assert torch.count_nonzero(attribute_edges(model, same, method=method).signed) == 0
+        with pytest.raises(DataError, match="all 3 pairs are identical"):
+            attribute_edges(model, replace(pairs, corrupt=pairs.clean), method=method)
+        with pytest.warns(CircuitGraphWarning, match="2 of 3 pairs"):
+            mixed = attribute_edges(model, only_first_differs(pairs), method=method, batch_size=1)
+        alone = attribute_edges(model, pairs.select(slice(0, 1)), method=method, batch_size=1)
+        assert torch.allclose(
+            mixed.signed * 3, alone.signed, rtol=1e-4, atol=1e-5 * float(alone.signed.abs().max())
+        )
 
 
 def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
@@ -264,7 +270,8 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     cands = EdgeSet.full(info)
     w = E.attn_weights(model)
     batch = pairs
-    names = sorted({E.source_hook(s) for s in cands.sources} | {E.hooks.embed})
+    arch = E.Arch.of(model)
+    names = sorted({arch.source_hook(s) for s in cands.sources} | {E.hooks.embed})
     acts_src = capture(model, batch.corrupt, names)
     ref = clean_reference(model, batch, get_metric("kl"))
     run = E._GradRun(model, batch.clean, batch, get_metric("kl"), ref, cands, w)
@@ -272,9 +279,7 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     mid = acts_src[E.hooks.embed] + 0.5 * (acts_base[E.hooks.embed] - acts_src[E.hooks.embed])
     point, _, _ = run(mid, ())
     grads = input_grads(model, point.groups, point.grads, point.acts, w, len(cands.targets), mid)
-    delta = E.source_outputs(acts_src, cands.sources, w) - E.source_outputs(
-        acts_base, cands.sources, w
-    )
+    delta = E.source_deltas(model, acts_base, acts_src, cands.sources, w)
     want = E._contract(delta, grads) / 2 / len(pairs) * cands.valid
     assert torch.allclose(two.signed, want, atol=1e-6)
 

@@ -56,8 +56,9 @@ def test_a_cancelling_node_is_missed_by_atp_and_found_by_atp_star(cancelling):
 def _cut_forward_effects(model, pairs, nodes, cut_layer: int):
     """Î with layer ``cut_layer``'s residual writes detached in the forward pass (an
     independent way to drop their gradient), per pair."""
-    from circuitgraph.arch import hook_site
+    from circuitgraph.arch import Arch
 
+    hook_site = Arch.of(model).node_site
     metric = get_metric("logit_diff")
     names = sorted({hook_site(n).name for n in nodes})
     noise = {}

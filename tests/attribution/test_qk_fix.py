@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitgraph.arch import hooks
+from circuitgraph.arch import Arch, hooks
 from circuitgraph.attribution import attribute_nodes
 from circuitgraph.attribution.qk_fix import (
-    QKFix,
-    fit_scale,
+    check_layer,
     key_effects,
     key_whole_effects,
     prepare_layer,
@@ -135,22 +134,12 @@ def test_extreme_saturation_in_float32_matches_a_float64_brute_force():
     assert torch.isfinite(key_whole_effects(lp, grad, kv)).all()
 
 
-def test_attention_scale_is_measured_per_layer(twin_gpt2):
+def test_attention_scale_is_read_per_layer(twin_gpt2):
     # scale_attn_by_inverse_layer_idx: layer l's scale is 1/(√d_head·(l+1)).
     model, info = twin_gpt2
-    p = mixed_pairs()
-    nodes = enumerate_nodes(info, ["q", "k"])
-    from circuitgraph.attribution.sites import build_sites
-    from circuitgraph.run import Plan, clean_run
-    from circuitgraph.tasks.metrics import get_metric
-
-    sites = build_sites(nodes, True, torch.device("cpu"))
-    qk = QKFix(model, set(model.hook_dict), info, sites)
-    qk.scales.clear()  # measure afresh
-    plan = Plan(tuple(qk.act_names), tuple(qk.clean_names), tuple(qk.grad_names), ())
-    clean_run(model, p, get_metric("logit_diff"), plan, "noising", qk.prepare)
+    arch = Arch.of(model)
     for layer in range(info.n_layers):
-        assert qk.scales[layer] == pytest.approx(info.d_head**-0.5 / (layer + 1), rel=1e-6)
+        assert arch.scale(layer) == pytest.approx(info.d_head**-0.5 / (layer + 1), rel=1e-6)
 
 
 def test_native_bridge_scores_come_from_the_pattern():
@@ -175,21 +164,39 @@ def test_native_bridge_scores_come_from_the_pattern():
     assert torch.allclose(fixed.signed, exact.signed, atol=1e-6)
 
 
-def test_fit_scale_rejects_soft_capped_scores():
+def _runs(cap: float | None, scale: float = 0.5, bias: float = 0.0):
+    """(pattern, q, k) of a clean and a noise run of one attention layer with soft-cap
+    ``cap``, an ALiBi-like position bias and a sliding window of 3."""
     g = torch.Generator().manual_seed(1)
-    q, k = torch.randn(1, 5, 2, 4, generator=g) * 3, torch.randn(1, 5, 2, 4, generator=g) * 3
-    raw = 0.5 * torch.einsum("bthd,bshd->bhts", q, k)
-    capped = 5.0 * torch.tanh(raw / 5.0)
-    mask = torch.ones(5, 5, dtype=torch.bool).tril()
-    pattern = capped.masked_fill(~mask, float("-inf")).softmax(-1)
-    assert fit_scale(
-        raw, q, k, raw.masked_fill(~mask, float("-inf")).softmax(-1), 0
-    ) == pytest.approx(0.5)
-    with pytest.raises(ModelStateError, match="soft-capping"):
-        fit_scale(capped, q, k, pattern, 0)
-    # Keys the model masks itself (a sliding window) are left out of the fit.
-    window = mask & ~torch.ones(5, 5, dtype=torch.bool).tril(-2)
-    windowed = raw.masked_fill(~window, torch.finfo(raw.dtype).min)
-    in_window = windowed.masked_fill(~window, float("-inf")).softmax(-1)
-    assert fit_scale(windowed, q, k, in_window, 0) == pytest.approx(0.5)
-    assert fit_scale(raw, q, torch.zeros_like(k), in_window, 0) is None  # nothing to measure
+    t = 5
+    mask = torch.ones(t, t, dtype=torch.bool).tril() & ~torch.ones(t, t, dtype=torch.bool).tril(-3)
+    alibi = bias * -(torch.arange(t)[:, None] - torch.arange(t)[None, :]).float()
+    out = []
+    for _ in range(2):
+        q, k = torch.randn(1, t, 2, 4, generator=g) * 3, torch.randn(1, t, 2, 4, generator=g) * 3
+        raw = scale * torch.einsum("bthd,bshd->bhts", q, k)
+        s = raw if cap is None else cap * torch.tanh(raw / cap)
+        out.append(((s + alibi).masked_fill(~mask, float("-inf")).softmax(-1), q, k))
+    return out
+
+
+def _arch(scale: float, cap: float | None) -> Arch:
+    from circuitgraph.model import ModelInfo
+
+    info = ModelInfo("m", 1, 2, 2, 8, 4, 16, "LN", False, False, False, 10, 8)
+    return Arch(info, attn_scale=(scale,), attn_softcap=cap)
+
+
+def test_check_layer_accepts_the_models_own_form_and_nothing_else():
+    z_v = (torch.zeros(1, 5, 2, 4), torch.zeros(1, 5, 2, 4))
+    for cap, bias in ((None, 0.0), (None, 0.7), (5.0, 0.0)):  # plain, ALiBi-like, soft-capped
+        clean, noise = _runs(cap, bias=bias)
+        check_layer(_arch(0.5, cap), 0, clean, noise, z_v, "x")
+    clean, noise = _runs(5.0)
+    with pytest.raises(ModelStateError, match="misses by"):  # the cap ignored
+        check_layer(_arch(0.5, None), 0, clean, noise, z_v, "node method 'atp'")
+    clean, noise = _runs(None)
+    with pytest.raises(ModelStateError, match="node method 'atp'"):  # a wrong scale
+        check_layer(_arch(0.25, None), 0, clean, noise, z_v, "node method 'atp'")
+    with pytest.raises(ModelStateError, match="misses by"):  # z is not A·v
+        check_layer(_arch(0.5, None), 0, clean, noise, (torch.ones(1, 5, 2, 4), z_v[1]), "x")

@@ -311,3 +311,115 @@ def test_export_module_does_no_work_at_import():
     code = "import sys, circuitgraph.export; print('graphviz' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------
+# Strict JSON, write errors, damaged files
+# --------------------------------------------------------------------------------------
+
+
+def _strict(text: str) -> Any:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_dumps_writes_non_finite_numbers_as_null_and_says_where():
+    from circuitgraph.export.files import dumps
+
+    doc = {"f": float("nan"), "curve": [[5, float("inf")], [9, 0.5]], "warnings": ["earlier"]}
+    got = _strict(dumps(doc))
+    assert got["f"] is None and got["curve"] == [[5, None], [9, 0.5]]
+    assert got["warnings"] == [
+        "earlier",
+        "f: NaN written as null",
+        "curve[0][1]: inf written as null",
+    ]
+    many = _strict(dumps({"xs": [float("-inf")] * 25}))
+    assert len(many["warnings"]) == 11 and "15 more" in many["warnings"][-1]
+    assert _strict(dumps([float("nan")])) == [None]  # no place for warnings in a list
+    assert "warnings" not in _strict(dumps({"f": 1.0}))
+
+
+def test_circuit_json_with_nan_faithfulness_is_strict_and_reads_back_as_none(tmp_path):
+    G = circuit_from_edges(["input->logits"], attrs={"faithfulness": float("nan")})
+    path = export.write(G, tmp_path / "c.json")
+    doc = _strict(path.read_text())
+    assert doc["graph"]["faithfulness"] is None
+    assert doc["warnings"] == ["graph.faithfulness: NaN written as null"]
+    assert export.read(path).graph["faithfulness"] is None
+
+
+@pytest.mark.parametrize(
+    ("errno_", "match"),
+    [(28, "the disk is full .*free some space"), (13, "Permission denied; choose a folder")],
+)
+def test_write_errors_name_the_cause(monkeypatch, tmp_path, errno_, match):
+    import tempfile
+
+    def fsync(fd):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(ExportError, match=match):
+        export.atomic_write(tmp_path / "c.json", "{}")
+    monkeypatch.undo()
+
+    def mkstemp(*args, **kwargs):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(ExportError, match=match):  # creating the temporary file fails too
+        export.atomic_write(tmp_path / "c.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_file_left_by_an_interrupted_clean_up_is_removed(monkeypatch, tmp_path):
+    from circuitgraph.export import files
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    def unlink_interrupted(path):
+        raise OSError(4, "Interrupted system call")
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    monkeypatch.setattr(os, "unlink", unlink_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.atomic_write(tmp_path / "c.json", "{}")
+    monkeypatch.undo()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".c.json.") and left.name.endswith(".tmp")
+    assert files.remove_temp_files() == [left] and list(tmp_path.iterdir()) == []
+    assert files.remove_temp_files() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("c.json", {"schema": "circuitgraph.circuit/1", "nodes": [{}]}, "the key 'id' is missing"),
+        ("c.json", {"schema": "circuitgraph.circuit/1", "nodes": "abc"}, "malformed"),
+        ("c.json", {"cfg": {}, "nodes": {}, "edges": {"input->logits": []}}, "malformed"),
+        ("c.json", {"directed": True, "nodes": [{"id": 3}], "edges": []}, "but got 3"),
+        ("c.json", {"schema": "circuitgraph.circuit/1", "nodes": [{"id": "x"}]}, "got 'x'"),
+        ("c.graphml", "<graphml", "expected a GraphML file"),
+    ],
+)
+def test_damaged_circuit_files_are_one_data_error(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(DataError, match=match) as err:
+        export.read(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_damaged_score_files_are_one_data_error():
+    from circuitgraph.scores import EdgeScores
+
+    with pytest.raises(DataError, match=r"in edges.json but its content is malformed"):
+        EdgeScores.from_json({"schema": "circuitgraph.edge_scores/1"}, "edges.json")
+    with pytest.raises(DataError, match=r"malformed \(the key 'signed' is missing\)"):
+        NodeScores.from_json(
+            {"schema": "circuitgraph.node_scores/1", "nodes": [{"id": "m0"}], "method": "x"}
+        )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitgraph.errors import MetricError, ModelStateError
+from circuitgraph.errors import CircuitGraphWarning, MetricError, ModelStateError
 from circuitgraph.nodes import Node, enumerate_nodes
 from circuitgraph.patching import patch_nodes
 from circuitgraph.tasks.metrics import get_metric
 
-from ..conftest import random_pairs
+from ..conftest import only_first_differs, random_pairs
 
 ALL_KINDS = ["head", "q", "k", "v", "mlp", "neuron"]
 
@@ -118,13 +118,20 @@ def test_mean_ablation_uses_mean_of_source_activations(tiny_gpt2):
     assert torch.allclose(mean.signed, resample.signed, atol=1e-5)
 
 
-def test_clean_equals_corrupt_gives_exact_zeros(tiny, pairs):
+def test_pairs_with_clean_equal_to_corrupt_add_exact_zeros(tiny, pairs):
+    # Every pair but the first is identical; the KL metric and every node kind.
     model, info = tiny
-    from dataclasses import replace
-
-    same = replace(pairs, corrupt=pairs.clean)
-    got = patch_nodes(model, same, enumerate_nodes(info, ALL_KINDS), "kl", batch_size=4)
-    assert torch.count_nonzero(got.signed) == 0
+    nodes = enumerate_nodes(info, ALL_KINDS)
+    with pytest.warns(CircuitGraphWarning, match="identical clean and corrupt"):
+        mixed = patch_nodes(model, only_first_differs(pairs), nodes, "kl", batch_size=1)
+    alone = patch_nodes(model, pairs.select(slice(0, 1)), nodes, "kl", batch_size=1)
+    assert torch.allclose(
+        mixed.signed * len(pairs),
+        alone.signed,
+        rtol=1e-4,
+        atol=1e-5 * float(alone.signed.abs().max()),
+    )
+    assert alone.signed.abs().max() > 1e-4
 
 
 def test_all_heads_of_a_layer_equal_the_attention_output(tiny, pairs):

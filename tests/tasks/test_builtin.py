@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -22,6 +23,8 @@ from circuitgraph.zoo import corpus
 from circuitgraph.zoo.tokenizer import build_word_tokenizer
 
 TASK_NAMES = sorted(TASKS)
+ZOO_TASKS = ["greater-than", "induction", "ioi"]  # the word-level zoo vocabulary has their words
+ENGLISH_TASKS = ["capitals", "gendered-pronoun"]  # need a real English vocabulary
 
 
 def _tensors(pairs):
@@ -29,30 +32,34 @@ def _tensors(pairs):
 
 
 def test_registry_entries_are_tasks():
-    assert TASK_NAMES == ["greater-than", "induction", "ioi"]
+    assert sorted(ZOO_TASKS + ENGLISH_TASKS) == TASK_NAMES
     for name, task in TASKS.items():
         assert isinstance(task, Task) and task.name == name
         assert task.description and task.models and task.metric == "logit_diff"
+        assert "smollm2-135m" in task.models
     assert "attn-only-2l" in TASKS["induction"].models
 
 
 def test_get_task_unknown_lists_valid_names():
-    with pytest.raises(ConfigError, match=r"greater-than.*induction.*ioi"):
+    with pytest.raises(ConfigError, match=r"capitals.*greater-than.*induction.*ioi"):
         get_task("ioii")
     assert get_task(TASKS["ioi"]) is TASKS["ioi"]
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_same_seed_same_pairs(word_tok, name):
-    a, b = make_pairs(name, word_tok, 40, seed=3), make_pairs(name, word_tok, 40, seed=3)
+def test_same_seed_same_pairs(bpe_tok, name):
+    a, b = make_pairs(name, bpe_tok, 40, seed=3), make_pairs(name, bpe_tok, 40, seed=3)
     for x, y in zip(_tensors(a), _tensors(b), strict=True):
         assert torch.equal(x, y)
-    c = make_pairs(name, word_tok, 40, seed=4)
+    c = make_pairs(name, bpe_tok, 40, seed=4)
     assert not torch.equal(a.clean, c.clean)
 
 
-@pytest.mark.parametrize("tok", ["word_tok", "bpe_tok"])
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize(
+    ("tok", "name"),
+    [("word_tok", n) for n in ZOO_TASKS]
+    + [(t, n) for t in ("bpe_tok", "digit_tok") for n in TASK_NAMES],
+)
 def test_pairs_are_well_formed(request, tok, name):
     """Any tokenizer: same-length clean/corrupt, known tokens, answer differs from wrong."""
     tokenizer = request.getfixturevalue(tok)
@@ -120,12 +127,6 @@ def test_greater_than_pairs_mean_what_they_say(word_tok):
     assert 2 <= ex.start <= 98
 
 
-def test_missing_names_raise_and_list_them():
-    words = [w for w in corpus.vocabulary() if w not in ("Mary", "John")]
-    with pytest.raises(DataError, match=r"every name .* 2 are not \('John', 'Mary'\)"):
-        make_pairs("ioi", build_word_tokenizer(words), 4)
-
-
 def test_missing_numbers_raise_and_list_them():
     words = [w for w in corpus.vocabulary() if w != "42"]
     with pytest.raises(DataError, match=r"two-digit number.*'42'"):
@@ -154,3 +155,96 @@ def test_multi_token_words_are_caught_with_bpe(bpe_tok):
 def test_n_must_be_positive(word_tok):
     with pytest.raises(ConfigError, match="positive"):
         make_pairs("ioi", word_tok, 0)
+
+
+@pytest.mark.parametrize("name", ENGLISH_TASKS)
+def test_english_tasks_refuse_the_zoo_vocabulary_in_one_sentence(word_tok, name):
+    with pytest.raises(DataError, match=r"needs a real model's English vocabulary") as err:
+        make_pairs(name, word_tok, 4)
+    assert str(err.value).count(". ") == 0 and "\n" not in str(err.value)
+
+
+def test_ioi_draws_only_single_token_names():
+    """Names the tokenizer lacks are left out; too few names left is refused."""
+    words = [w for w in corpus.vocabulary() if w not in ("Mary", "John")]
+    pairs = get_task("ioi").generate(build_word_tokenizer(words), 200, 0)
+    used = {p.answer.strip() for p in pairs} | {p.wrong.strip() for p in pairs}
+    assert used and not used & {"Mary", "John"} and len(used) > 20
+    few = [w for w in corpus.vocabulary() if w not in NAMES[3:]]
+    with pytest.raises(DataError, match=r"at least 10 names .* 3 of 50"):
+        make_pairs("ioi", build_word_tokenizer(few), 4)
+
+
+def test_zoo_pairs_are_unchanged_by_the_name_filter(word_tok):
+    """With every name available, IOI draws exactly what the zoo's corpus sampler draws."""
+    pairs = get_task("ioi").generate(word_tok, 30, 7)
+    rng = random.Random(7)
+    assert [p.clean for p in pairs] == [sample_ioi(rng).clean for _ in range(30)]
+
+
+def test_greater_than_goes_digit_by_digit_where_numbers_split(digit_tok):
+    from circuitgraph.tasks.builtin import splits_digits
+
+    assert splits_digits(digit_tok) and not splits_digits(build_word_tokenizer(NUMBERS))
+    pairs = get_task("greater-than").generate(digit_tok, 100, 5)
+    for pair in pairs:
+        year = re.search(r"year (\d\d)(\d\d) ", pair.clean)
+        assert year is not None
+        tens = int(year.group(2)) // 10
+        assert int(pair.wrong) < tens < int(pair.answer) and len(pair.answer) == 1
+        assert pair.corrupt == pair.clean.replace(year.group(0), f"year {year.group(1)}01 ")
+    batch = make_pairs("greater-than", digit_tok, 100, seed=5)
+    digits = {digit_tok.convert_tokens_to_ids(str(d)) for d in range(10)}
+    assert set(batch.answer.tolist()) <= digits and set(batch.wrong.tolist()) <= digits
+
+
+def test_gendered_pronoun_pairs_mean_what_they_say(bpe_tok):
+    from circuitgraph.tasks.pronouns import FEMALE_NAMES, MALE_NAMES
+
+    pairs = get_task("gendered-pronoun").generate(bpe_tok, 100, 0)
+    genders = set()
+    for pair in pairs:
+        (clean_name,) = [w for w in re.findall(r"\w+", pair.clean) if w in NAMES]
+        (corrupt_name,) = [w for w in re.findall(r"\w+", pair.corrupt) if w in NAMES]
+        female = clean_name in FEMALE_NAMES
+        assert (corrupt_name in MALE_NAMES) is female
+        assert (pair.answer, pair.wrong) == ((" she", " he") if female else (" he", " she"))
+        assert pair.corrupt == pair.clean.replace(clean_name, corrupt_name)
+        genders.add(female)
+    assert genders == {True, False}
+
+
+def test_capital_pairs_mean_what_they_say(bpe_tok):
+    from circuitgraph.tasks.capitals import CAPITALS
+
+    capital = dict(CAPITALS)
+    for pair in get_task("capitals").generate(bpe_tok, 100, 0):
+        clean, corrupt = pair.clean.split(), pair.corrupt.split()
+        diff = [i for i, (a, b) in enumerate(zip(clean, corrupt, strict=True)) if a != b]
+        assert len(diff) == 1  # only the country differs
+        country, other = clean[diff[0]], corrupt[diff[0]]
+        assert (pair.answer, pair.wrong) == (f" {capital[country]}", f" {capital[other]}")
+
+
+def test_bos_follows_the_tokenizer_unless_told(word_tok, bpe_tok):
+    from circuitgraph.tasks import adds_bos
+
+    assert adds_bos(word_tok) and not adds_bos(bpe_tok)
+    for tok in (word_tok, bpe_tok):
+        default = make_pairs("ioi", tok, 8, seed=0)
+        with_bos = make_pairs("ioi", tok, 8, seed=0, bos=True)
+        without = make_pairs("ioi", tok, 8, seed=0, bos=False)
+        assert bool((with_bos.clean[:, 0] == tok.bos_token_id).all())
+        assert torch.equal(with_bos.clean[:, 1:], without.clean[:, : with_bos.seq_len - 1])
+        assert torch.equal(with_bos.answer_pos, without.answer_pos + 1)
+        assert torch.equal(default.clean, (with_bos if adds_bos(tok) else without).clean)
+
+
+def test_bos_without_a_bos_token_is_refused(bpe_tok):
+    from copy import deepcopy
+
+    tok = deepcopy(bpe_tok)
+    tok.bos_token = None
+    with pytest.raises(DataError, match="--no-bos"):
+        make_pairs("ioi", tok, 2, bos=True)
+    assert make_pairs("ioi", tok, 2).clean.shape[0] == 2
