@@ -72,7 +72,8 @@ def report_md(
 def _trust_section(found: Any) -> list[str]:
     """What was verified exactly, the bound on the rest in the gap's units and what it means,
     and the passes spent against the sweep and the budget."""
-    g, v, d, cost = found.circuit.graph, found.verification, found.diagnosis, found.cost
+    g, v, d = found.circuit.graph, found.verification, found.diagnosis
+    cost = getattr(found, "cost", None)
     n_edges = sum(1 for *_, a in found.circuit.edges(data=True) if a.get("verified"))
     lines = ["", "## How far to trust it", ""]
     rule = (g.get("verification") or {}).get("rule", "")
