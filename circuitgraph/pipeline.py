@@ -77,7 +77,7 @@ class DiscoverConfig:
     diagnose_p: float = 0.25
     confidence: float = 0.95
     keep_nodes: int = 20
-    edge_method: str = "eap"
+    edge_method: str = "eap-ig"
     edge_top_n: int | None = 20
     edge_threshold: float | None = None
     edge_greedy: int | None = None

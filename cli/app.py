@@ -148,7 +148,12 @@ def discover(
     bos: Bos = None,
     seed: Seed = 0,
     node_method: Annotated[str, typer.Option(help="Node screening method.")] = "atp*",
-    edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
+    edge_method: Annotated[
+        str,
+        typer.Option(
+            help="eap-ig (default: 5 integration steps; see docs/trust.md), eap, atp* or exact."
+        ),
+    ] = "eap-ig",
     kinds: Kinds = "head,q,k,v,mlp",
     per_position: PerPosition = False,
     keep_nodes: Annotated[

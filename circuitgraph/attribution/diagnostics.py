@@ -212,7 +212,20 @@ class Diagnosis:
                 f"{len(self.must_verify)} node(s) are themselves estimated above it and must be "
                 f"verified exactly first (1 forward pass each): {ids}"
             )
+        elif cost is None and (near := self._near(self.target)):
+            ids = ", ".join(n.id for n in near[:8])
+            parts.append(
+                f"{len(near)} node(s) are estimated at or near it (|estimate| - stderr >= "
+                f"target), which no number of subsets can rule out: verify them exactly (1 "
+                f"forward pass each; verification with k='auto' does): {ids}"
+            )
         return "; ".join(parts) + "."
+
+    def _near(self, target: float) -> list[Node]:
+        """Nodes whose estimate, less one standard error, reaches ``target``, largest first."""
+        low = self.estimate.abs() - self.stderr
+        idx = (low >= target).nonzero().flatten().tolist()
+        return [self.nodes[i] for i in sorted(idx, key=lambda i: -float(low[i]))]
 
     def passes_for(self, target: float) -> float | None:
         """About how many forward passes per pair one fresh round of subsets would need for

@@ -173,3 +173,20 @@ def test_the_paper_correction_is_one_sided_and_bonferroni_covers_every_node():
             threshold=lambda _: 1.0, verify=False, budget=10, overhead=2,
             schedule=Schedule(first_subsets=2),
         )  # fmt: skip
+
+
+def test_advice_names_the_nodes_that_sampling_cannot_rule_out():
+    from circuitgraph.attribution.diagnostics import Diagnosis, GroupBound
+    from circuitgraph.nodes import Node
+
+    nodes = tuple(Node("head", 0, h) for h in range(3))
+    t = torch.tensor
+    group = GroupBound("layer 0", 3, 40, 2, 0.9, 0.05, 0.4, False)
+    d = Diagnosis(
+        nodes, t([0.8, 0.05, -0.6]), t([0.1, 0.1, 0.1]), t([1.0, 0.3, 0.8]), 1.0, 0.95, 0.25,
+        40, 0, "logit_diff", 4, 42.0, gap=4.0, target=0.4, groups=(group,),
+    )  # fmt: skip
+    # |estimate| - stderr: 0.7 and 0.5 reach the target 0.4, -0.05 does not
+    assert "2 node(s) are estimated at or near it" in d.advice()
+    assert d.advice().endswith("a0.h0, a0.h2.")
+    assert "a0.h1" not in d.advice() and "x gap" in d.summary()
