@@ -93,6 +93,10 @@ def _open_unit(value: float) -> float:
     return value
 
 
+def _open_unit_or_none(value: float | None) -> float | None:
+    return None if value is None else _open_unit(value)
+
+
 def _threshold(value: float | None) -> float | None:
     if value is not None and not 0.0 <= value < math.inf:  # also refuses NaN
         raise typer.BadParameter(f"expected a finite number >= 0 but got {value}")
@@ -595,6 +599,21 @@ def diagnose(
         int, typer.Option(min=0, help="Top screened nodes taken as verified.")
     ] = 10,
     subsets: Annotated[int, typer.Option(min=4, help="Random subsets to patch.")] = 200,
+    bound_target: Annotated[
+        float | None,
+        typer.Option(
+            callback=_open_unit_or_none,
+            help="Instead of --subsets: draw fresh subsets in rounds until no unverified node "
+            "can exceed this fraction of the clean - corrupt gap, or --budget is spent.",
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            min=3,
+            help="With --bound-target: forward passes per pair (default: the sweep's, nodes + 2).",
+        ),
+    ] = None,
     p: Annotated[
         float, typer.Option(callback=_open_unit, help="Probability of each node in a subset.")
     ] = 0.25,
@@ -612,8 +631,9 @@ def diagnose(
     json: Json = False,
 ) -> None:
     """Bound the largest effect of any node outside the screen's top ones; writes diagnosis.json."""
-    from circuitgraph.attribution import attribute_nodes
+    from circuitgraph.attribution import attribute_nodes, diagnose_until
     from circuitgraph.attribution import diagnose as run_diagnosis
+    from circuitgraph.attribution.diagnostics import metric_gap
 
     show = Output(quiet, json)
     with user_errors():
@@ -625,12 +645,24 @@ def diagnose(
                                      progress=stages("screen nodes", len(pairs)))  # fmt: skip
             top = set(scores.top_k(verified))
             rest = [n for n in scores.nodes if n not in top]
-            d = run_diagnosis(
-                mdl, pairs, rest, metric, p=p, n_subsets=subsets, confidence=confidence,
-                seed=seed, batch_size=batch_size, progress=stages("random subsets", len(pairs) * subsets),
-            )  # fmt: skip
-        result = {"bound": d.bound, "confidence": d.confidence, "n_unverified": len(rest),
+            # the screen is the control variate: the subsets estimate only its error
+            gap = metric_gap(mdl, pairs, metric, batch_size)
+            if bound_target is not None:
+                d = diagnose_until(
+                    mdl, pairs, rest, metric, screen=scores, bound_target=bound_target, gap=gap,
+                    budget=budget, confidence=confidence, p=p, seed=seed, batch_size=batch_size,
+                    progress=stages("rounds of random subsets", 0),
+                )  # fmt: skip
+            else:
+                d = run_diagnosis(
+                    mdl, pairs, rest, metric, p=p, n_subsets=subsets, confidence=confidence,
+                    seed=seed, batch_size=batch_size, screen=scores, gap=gap,
+                    progress=stages("random subsets", len(pairs) * subsets),
+                )  # fmt: skip
+        result = {"bound": d.bound, "relative_bound": d.relative_bound, "gap": gap,
+                  "confidence": d.confidence, "n_unverified": len(rest),
                   "n_subsets": d.n_subsets, "p": d.p, "forward_passes": d.forward_passes,
+                  "target": d.target, "stopped": d.stopped or None, "summary": d.summary(),
                   "caveat": d.caveat, "verified": [n.id for n in scores.top_k(verified)],
                   "nodes": d.rows()}  # fmt: skip
         write(folder / "diagnosis.json", dumps(result))

@@ -115,3 +115,19 @@ def test_bad_trust_options_are_usage_errors(extra, says, tmp_path):
     text = _text(result)
     assert result.exit_code == 2, text
     assert says in text and "Traceback" not in text
+
+
+def test_diagnose_draws_rounds_until_a_bound_target(gpt2_dir, data, tmp_path):  # noqa: F811
+    args = ["diagnose", "--model", gpt2_dir, "--data", str(data), "--verified", "4",
+            "--bound-target", "0.5", "--budget", "80", "--out", str(tmp_path)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, _text(result)
+    got = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert got["target"] == pytest.approx(0.5 * abs(got["gap"]))
+    assert got["forward_passes"] <= 80 and got["stopped"] in ("bounded", "budget", "blocked")
+    if got["bound"] is not None:
+        assert got["relative_bound"] == pytest.approx(got["bound"] / abs(got["gap"]))
+        assert "x the clean - corrupt gap" in got["summary"]
+    assert (got["bound"] is not None and got["bound"] <= got["target"]) == (
+        got["stopped"] == "bounded"
+    )
