@@ -115,8 +115,11 @@ class Verification:
 
     def summary(self) -> str:
         """One paragraph: what was verified, at what cost against the sweep, and what it proves."""
+        how = self.asked or f"top {len(self.nodes)}"
+        if self.exhaustive_passes is not None:  # k="auto": the rule, not a count
+            how = f"auto, to hold the {how}" if how.startswith("top ") else f"auto, {how}"
         text = (
-            f"Verified {len(self.nodes)} nodes exactly ({self.asked or 'top ' + str(len(self.nodes))}) "
+            f"Verified {plural(len(self.nodes), 'node')} exactly ({how}) "
             f"for {self.forward_passes:g} forward passes per pair"
         )
         if self.exhaustive_passes:
