@@ -123,6 +123,17 @@ class hooks:
     def mlp_post(layer: int) -> str:
         return f"blocks.{layer}.mlp.hook_post"
 
+    @staticmethod
+    def mlp_pre(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_pre"
+
+    @staticmethod
+    def norm_scale(layer: int, which: int) -> str:
+        """The scale (the divisor) of layer ``layer``'s norm before attention (1) or MLP (2)."""
+        return f"blocks.{layer}.ln{which}.hook_scale"
+
+    final_scale = "ln_final.hook_scale"
+
 
 # --------------------------------------------------------------------------------------
 # Where nodes and edge targets live

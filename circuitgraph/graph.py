@@ -19,10 +19,10 @@ Representation (DESIGN §3 ids):
   its neurons at ``t``. A node without a position matches every position.
 
 Scored edges carry ``score`` (absolute, what ranks), ``signed``, ``target_input`` (``q``,
-``k``, ``v``, ``mlp``, ``logits``), ``internal=False`` and ``exact`` where verified. Nodes carry
+``k``, ``v``, ``mlp``, ``logits``), ``internal=False`` and ``exact`` with ``verified=True`` where verified. Nodes carry
 ``kind``, ``layer`` (None for ``input``/``logits``), ``position`` (None: all positions),
 ``head`` and ``grouped`` (heads and their inputs) or ``neuron``, and ``score``/``signed``
-/``exact`` where given. ``G.graph`` holds the caller's ``attrs`` plus ``edge_method``,
+/``exact`` (with ``verified=True``) where given. ``G.graph`` holds the caller's ``attrs`` plus ``edge_method``,
 ``metric``, ``n_pairs``, ``ranked_by``, ``selection``, ``n_edges`` (scored edges, internal
 ones not counted), ``n_nodes`` and, for an empty circuit, ``warning``.
 """
@@ -315,7 +315,7 @@ def edge_attributes(
     if signed is not None:
         out["signed"] = float(signed)
     if exact is not None:
-        out["exact"] = float(exact)
+        out["exact"], out["verified"] = float(exact), True
     return out
 
 
@@ -530,7 +530,7 @@ def _node_extras(
         for n, s, a in zip(ns.nodes, ns.signed.tolist(), ns.score.tolist(), strict=True):
             out[n].update(score=float(a), signed=float(s))
     for n, x in verified.items():
-        out[n]["exact"] = float(x)
+        out[n].update(exact=float(x), verified=True)
     return out
 
 

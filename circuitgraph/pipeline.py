@@ -29,8 +29,9 @@ from circuitgraph.attribution import (
     edge_candidates,
     verify_nodes,
 )
-from circuitgraph.attribution.diagnostics import Diagnosis
-from circuitgraph.attribution.verify import Verification
+from circuitgraph.attribution.diagnostics import CAVEAT, Diagnosis
+from circuitgraph.attribution.sequential import diagnose_until, overhead_passes
+from circuitgraph.attribution.verify import Verification, verify_auto
 from circuitgraph.errors import ConfigError
 from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, check_fractions, mib_scores
 from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
@@ -40,6 +41,7 @@ from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_cu
 from circuitgraph.run import NONLINEAR, far_from_exact, metric_gap
 from circuitgraph.scores import EdgeScores, NodeScores
 from circuitgraph.tasks.pairs import PromptPairs
+from circuitgraph.text import plural
 
 __all__ = ["DiscoverConfig", "Discovery", "circuit_edges", "discover", "discover_circuit"]
 
@@ -57,12 +59,27 @@ class DiscoverConfig:
     #: screen only nodes in these layers (None: every layer; input and logits always)
     layers: tuple[int, ...] | None = None
     per_position: bool = False
-    verify_k: int = 10
-    diagnose_subsets: int = 100
+    #: ``"auto"``: verify in the screen's order until no unverified node can reach τ (the
+    #: ``verify_top_k``-th largest exact effect, or ``min_effect``) at ``confidence``; a
+    #: number K: verify the screen's top K (0: none)
+    verify: int | str = "auto"
+    verify_top_k: int = 10
+    #: τ given directly (an |effect| in the metric's units) instead of the k-th largest
+    min_effect: float | None = None
+    #: the bound on the unverified nodes is driven below this fraction of |clean − corrupt|
+    #: (fresh subsets in rounds) unless the budget runs out
+    bound_target: float = 0.1
+    #: forward passes per pair for verification and the bound together (default: the
+    #: exhaustive sweep of the screened nodes, nodes + 2, which they never exceed)
+    budget: float | None = None
+    #: the old knobs: a fixed top K (as ``verify=K``) and a fixed draw of this many subsets
+    #: (0: no bound) instead of rounds until the target
+    verify_k: int | None = None
+    diagnose_subsets: int | None = None
     diagnose_p: float = 0.25
     confidence: float = 0.95
     keep_nodes: int = 20
-    edge_method: str = "eap"
+    edge_method: str = "eap-ig"
     edge_top_n: int | None = 20
     edge_threshold: float | None = None
     edge_greedy: int | None = None
@@ -81,11 +98,10 @@ class DiscoverConfig:
                 "expected exactly one edge selection (top-n, threshold or greedy) but got "
                 f"{len(chosen)}; pass one of them"
             )
-        for name, low in (("keep_nodes", 1), ("verify_k", 0), ("batch_size", 1)):
+        for name, low in (("keep_nodes", 1), ("verify_top_k", 1), ("batch_size", 1)):
             _at_least(name, getattr(self, name), low)
-        if self.diagnose_subsets != 0:
-            _at_least("diagnose_subsets (or 0 to skip the bound)", self.diagnose_subsets, 4)
-        for name in ("diagnose_p", "confidence"):
+        self._check_verification()
+        for name in ("diagnose_p", "confidence", "bound_target"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:  # also refuses NaN
                 raise ConfigError(f"expected {name} strictly between 0 and 1 but got {value}")
@@ -101,10 +117,70 @@ class DiscoverConfig:
         if self.edge_fractions:
             check_fractions(self.edge_fractions)
 
+    def _check_verification(self) -> None:
+        if self.verify != "auto":
+            _at_least("verify (a number of top nodes, or 'auto')", self.verify, 0)
+        if self.verify_k is not None:
+            _at_least("verify_k", self.verify_k, 0)
+            if self.verify != "auto":
+                raise ConfigError(
+                    f"expected either verify or the older verify_k but got both (verify="
+                    f"{self.verify!r}, verify_k={self.verify_k}); pass verify alone"
+                )
+        if self.diagnose_subsets not in (None, 0):
+            _at_least("diagnose_subsets (or 0 to skip the bound)", self.diagnose_subsets, 4)
+        if self.min_effect is not None and not 0.0 < self.min_effect < math.inf:
+            raise ConfigError(
+                f"expected min_effect to be a positive finite |effect| but got {self.min_effect}"
+            )
+        if self.budget is not None and not 3.0 <= self.budget < math.inf:
+            raise ConfigError(
+                f"expected budget to be at least 3 forward passes per pair but got {self.budget}"
+            )
+
+    @property
+    def verification(self) -> int | str:
+        """``"auto"`` or the fixed number of top nodes verified (``verify_k`` wins when set)."""
+        return self.verify if self.verify_k is None else self.verify_k
+
 
 def _at_least(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"expected {name} to be a whole number >= {low} but got {value!r}")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Forward passes per pair spent verifying nodes and bounding the rest, against the
+    exhaustive sweep of every screened node (one pass each plus the base and source runs)
+    and the budget they were given."""
+
+    exhaustive: float
+    budget: float
+    verification: float
+    diagnosis: float
+
+    @property
+    def spent(self) -> float:
+        return self.verification + self.diagnosis
+
+    @property
+    def left(self) -> float:
+        return max(self.budget - self.spent, 0.0)
+
+    def summary(self) -> str:
+        return (
+            f"{self.spent:g} forward passes per pair spent verifying and bounding "
+            f"({self.verification:g} + {self.diagnosis:g}) of a budget of {self.budget:g} "
+            f"({self.left:g} left); the exhaustive sweep of every screened node costs "
+            f"{self.exhaustive:g}"
+        )
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "exhaustive": self.exhaustive, "budget": self.budget, "spent": self.spent,
+            "verification": self.verification, "diagnosis": self.diagnosis, "left": self.left,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,6 +197,8 @@ class Discovery:
     timings: dict[str, float] = field(default_factory=dict)
     #: MIB's CPR and CMD over ``DiscoverConfig.edge_fractions`` (None when skipped)
     mib: MIBScores | None = None
+    #: forward passes per pair spent on verification and the bound, against the sweep
+    cost: Cost | None = None
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -194,24 +272,24 @@ def discover_circuit(
     t: dict[str, float] = {}
     with _timed(t, "check"):
         # Degenerate pairs are refused and a vanishing clean − corrupt gap is warned about
-        # before any screening: two forward passes per pair, against minutes of work.
-        metric_gap(model, pairs, c.metric, c.batch_size).warn()
+        # before any screening: two forward passes per pair, against minutes of work. The
+        # gap is also the unit the bound on unverified nodes is stated and targeted in.
+        measured = metric_gap(model, pairs, c.metric, c.batch_size)
+        measured.warn()
     with _timed(t, "screen"):
         nodes = attribute_nodes(
             model, pairs, c.metric, c.node_method, c.kinds, c.per_position, c.batch_size,
             progress=stages("screen nodes", 0),  # units differ by method: no fixed total
             layers=c.layers,
         )  # fmt: skip
-    verification = None
-    if c.verify_k > 0:
-        with _timed(t, "verify"):
-            k = min(c.verify_k, len(nodes))
-            verification = verify_nodes(
-                model, pairs, nodes, k=k, batch_size=c.batch_size,
-                progress=stages("verify top nodes", n * k),
-            )  # fmt: skip
+    budget = c.budget if c.budget is not None else len(nodes) + overhead_passes(c.metric)
+    verification = _verify(model, pairs, nodes, measured.gap, budget, c, stages, t)
     estimate_warning = _estimate_warning(verification)
-    diagnosis = _diagnose(model, pairs, nodes, verification, c, stages, t)
+    spent = 0.0 if verification is None else verification.forward_passes
+    diagnosis, more = _diagnose(
+        model, pairs, nodes, verification, measured.gap, budget - spent, c, stages, t
+    )
+    cost = Cost(len(nodes) + overhead_passes(c.metric), budget, spent, more)
     with _timed(t, "edges"):
         cands = edge_candidates(info, _whole_nodes(nodes, c.keep_nodes), keep=None)
         edges = attribute_edges(
@@ -237,11 +315,10 @@ def discover_circuit(
         faithfulness=faith.faithfulness, faithfulness_curve=[list(p) for p in curve],
         metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
         metric_circuit=faith.metric_circuit,
-        diagnostic_bound=None if diagnosis is None else diagnosis.bound,
-        diagnostic_confidence=None if diagnosis is None else diagnosis.confidence,
         mib=None if mib is None else mib.to_json(), estimate_warning=estimate_warning,
+        **trust_attrs(verification, diagnosis, cost, kept, c),
     )  # fmt: skip
-    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib)
+    return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib, cost)
 
 
 def _estimate_warning(verification: Verification | None) -> str | None:
@@ -289,25 +366,129 @@ def _curves(
     )  # fmt: skip
 
 
+def _verify(
+    model: Any,
+    pairs: PromptPairs,
+    nodes: NodeScores,
+    gap: float,
+    budget: float,
+    c: DiscoverConfig,
+    stages: Stages,
+    t: dict[str, float],
+) -> Verification | None:
+    """Exact patching of the screen's top nodes: a fixed top K, or ``"auto"`` (until no
+    unverified node can reach τ at the stated confidence, or the budget is spent)."""
+    how = c.verification
+    if how == "auto":
+        with _timed(t, "verify"):
+            return verify_auto(
+                model, pairs, nodes, top_k=None if c.min_effect is not None else c.verify_top_k,
+                min_effect=c.min_effect, confidence=c.confidence, budget=budget, p=c.diagnose_p,
+                gap=gap, seed=c.seed, metric=c.metric, batch_size=c.batch_size,
+                progress=stages("verify nodes until bounded", 0),
+            )  # fmt: skip
+    if int(how) <= 0:
+        return None
+    with _timed(t, "verify"):
+        k = min(int(how), len(nodes))
+        return verify_nodes(
+            model, pairs, nodes, k=k, batch_size=c.batch_size,
+            progress=stages("verify top nodes", len(pairs) * k),
+        )  # fmt: skip
+
+
 def _diagnose(
     model: Any,
     pairs: PromptPairs,
     nodes: NodeScores,
     verification: Verification | None,
+    gap: float,
+    left: float,
     c: DiscoverConfig,
     stages: Stages,
     t: dict[str, float],
-) -> Diagnosis | None:
+) -> tuple[Diagnosis | None, float]:
+    """The bound on the unverified nodes and the passes per pair it cost beyond verification.
+
+    Auto-verification brings its own bound (below τ when it held); when that is above
+    ``bound_target`` × |gap| and budget is left, fresh subsets are drawn in rounds until it
+    is not (:func:`diagnose_until`, the screen as control variate, one group per layer).
+    """
     verified = set(verification.nodes) if verification is not None else set()
     rest = [x for x in nodes.nodes if x not in verified]
-    if c.diagnose_subsets <= 0 or len(rest) < 2:
-        return None
+    target = c.bound_target * abs(gap)
+    earlier = None if verification is None else verification.diagnosis
+    if earlier is not None:
+        earlier = replace(earlier, target=target, gap=gap)
+    if not rest or c.diagnose_subsets == 0:
+        return (earlier if rest else None), 0.0
+    if c.diagnose_subsets is not None:  # the old knob: one fixed draw of that many subsets
+        with _timed(t, "diagnose"):
+            d = diagnose(
+                model, pairs, rest, c.metric, p=c.diagnose_p, n_subsets=c.diagnose_subsets,
+                confidence=c.confidence, seed=c.seed, batch_size=c.batch_size, screen=nodes,
+                gap=gap, bound_target=c.bound_target,
+                progress=stages("diagnose the rest", len(pairs) * c.diagnose_subsets),
+            )  # fmt: skip
+        return d, d.forward_passes
+    if (earlier is not None and earlier.bound <= target) or left < _MIN_ROUND or len(rest) < 2:
+        return earlier, 0.0
     with _timed(t, "diagnose"):
-        return diagnose(
-            model, pairs, rest, c.metric, p=c.diagnose_p, n_subsets=c.diagnose_subsets,
-            confidence=c.confidence, seed=c.seed, batch_size=c.batch_size,
-            progress=stages("diagnose the rest", len(pairs) * c.diagnose_subsets),
+        d = diagnose_until(
+            model, pairs, rest, c.metric, screen=nodes, bound_target=c.bound_target, gap=gap,
+            budget=left, confidence=c.confidence, p=c.diagnose_p, seed=c.seed + 1,
+            batch_size=c.batch_size, progress=stages("bound the rest", 0),
         )  # fmt: skip
+    return d, d.forward_passes
+
+
+#: passes per pair below which no round of subsets is started (a first round's subsets
+#: plus the base and source runs)
+_MIN_ROUND = 34.0
+
+
+def trust_attrs(
+    verification: Verification | None,
+    diagnosis: Diagnosis | None,
+    cost: Cost,
+    verified_edges: Sequence[Edge],
+    c: DiscoverConfig,
+) -> dict[str, Any]:
+    """The circuit's graph attributes that say how far it can be trusted: which nodes and
+    edges were verified exactly, the bound on the rest (absolute, as a fraction of the gap,
+    and what it means), the passes spent against the sweep and the budget left."""
+    d = diagnosis
+    how = c.verification
+    return {
+        "diagnostic_bound": None if d is None else _finite(d.bound),
+        "diagnostic_confidence": None if d is None else d.confidence,
+        "diagnostic_relative_bound": None if d is None else d.relative_bound,
+        "verification": {
+            "rule": "auto" if how == "auto" else f"top {how}",
+            "asked": None if verification is None else verification.asked or None,
+            "threshold": None if verification is None else verification.threshold,
+            "stopped": None if verification is None else verification.stopped or None,
+            "nodes": [] if verification is None else [n.id for n in verification.nodes],
+            "edges": [e.id for e in verified_edges],
+            "cost": cost.to_json(),
+            "summary": _trust_summary(verification, d, cost, len(verified_edges)),
+            "caveat": CAVEAT,
+        },
+        "diagnosis": None if d is None else d.to_json(k=10),
+    }
+
+
+def _trust_summary(v: Verification | None, d: Diagnosis | None, cost: Cost, n_edges: int) -> str:
+    parts = [v.summary() if v is not None else "No node was verified exactly."]
+    if d is not None:  # the bound in the gap's units, with the caveat said once
+        parts = [parts[0].replace(" " + d.caveat, ""), d.summary()]
+    parts.append(f"The circuit's {plural(n_edges, 'edge')} were verified by exact edge patching.")
+    parts.append(cost.summary() + ".")
+    return " ".join(parts)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _whole_nodes(scores: NodeScores, keep: int) -> NodeScores:
@@ -346,4 +527,4 @@ def _add_exact_edges(
         progress=stages("verify circuit edges", len(pairs) * len(kept)),
     )  # fmt: skip
     for e in kept:
-        circuit.edges[e.src.id, e.dst.id]["exact"] = exact[e][0]
+        circuit.edges[e.src.id, e.dst.id].update(exact=exact[e][0], verified=True)

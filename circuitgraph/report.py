@@ -48,19 +48,19 @@ def report_md(
         lines.append(f"- **{g['estimate_warning']}**")
     if found.mib is not None:
         lines.append(_mib_line(found.mib))
-    d = found.diagnosis
-    if d is not None:
-        lines.append(
-            f"- false-negative bound: with {d.confidence:.0%} confidence no unverified node has "
-            f"|effect| above **{d.bound:.4g}** ({plural(d.n_subsets, 'random subset')}, "
-            f"p = {d.p}). {d.caveat}"
-        )
     if picture:
         lines += ["", f"![Faithfulness by circuit size]({picture})"]
+    lines += _trust_section(found)
     lines += ["", f"## Top nodes (ranked by {found.node_scores.method} score)", ""]
     lines += _node_table(found)
-    lines += ["", "## Circuit edges (by |score|, largest first)", ""]
-    lines += ["| edge | estimate | exact |", "|---|---:|---:|"]
+    lines += _verified_table(found)
+    lines += [
+        "",
+        "## Circuit edges (by |score|, largest first)",
+        "",
+        "| edge | estimate | exact |",
+        "|---|---:|---:|",
+    ]
     for u, v, a in sorted(found.circuit.edges(data=True), key=lambda x: -x[2].get("score", 0)):
         if a.get("internal"):
             continue
@@ -73,6 +73,77 @@ def report_md(
     lines += ["", "## Timings (seconds)", ""]
     lines += [f"- {stage}: {secs:.1f}" for stage, secs in found.timings.items()]
     return "\n".join(lines) + "\n"
+
+
+def _trust_section(found: Any) -> list[str]:
+    """What was verified exactly, the bound on the rest in the gap's units and what it means,
+    and the passes spent against the sweep and the budget."""
+    g, v, d = found.circuit.graph, found.verification, found.diagnosis
+    cost = getattr(found, "cost", None)
+    n_edges = sum(1 for *_, a in found.circuit.edges(data=True) if a.get("verified"))
+    lines = ["", "## How far to trust it", ""]
+    rule = (g.get("verification") or {}).get("rule", "")
+    if v is None:
+        lines.append("- verified exactly: no node (`--verify 0`)")
+    else:
+        how = f"`--verify {rule.replace('top ', '')}`" if rule else ""
+        lines.append(
+            f"- verified exactly ({how}{', ' + v.asked if v.asked else ''}): "
+            f"**{plural(len(v.nodes), 'node')}** (table below; `verified: true` and `exact` "
+            "in circuit.json) and "
+            f"**{plural(n_edges, 'circuit edge')}** (column *exact* under Circuit edges)"
+        )
+        if v.threshold is not None:
+            outcome = {
+                "bounded": "it held",
+                "exhausted": "every screened node ended up verified",
+            }.get(v.stopped, f"it was not reached (stopped: {v.stopped})")
+            lines.append(
+                f"- stopping rule: verify until no unverified node can reach τ = "
+                f"{v.threshold:.4g} ({_tau(v.asked)}); {outcome}"
+            )
+    if d is None:
+        if v is not None and v.stopped == "exhausted":
+            lines.append("- false-negative bound: none needed, every screened node was verified")
+        else:
+            lines.append("- false-negative bound: not computed")
+    else:
+        rel = d.relative_bound
+        unit = f" = **{rel:.3g} × the clean − corrupt gap** ({abs(d.gap or 0):.4g})" if rel else ""
+        lines.append(f"- false-negative bound: **{d.bound:.4g}**{unit}. {d.summary()}")
+    if cost is not None:
+        lines.append(f"- cost: {cost.summary()}")
+    if d is None:
+        from circuitgraph.attribution.diagnostics import CAVEAT
+
+        lines.append(f"- {CAVEAT}")
+    return lines
+
+
+def _tau(asked: str) -> str:
+    """What τ is, from the rule's description (``top 10``, ``|effect| >= 0.5``)."""
+    if asked.startswith("top "):
+        return f"the {asked[4:]}th largest exact effect verified"
+    return "the --min-effect given" if asked else "the threshold asked for"
+
+
+def _verified_table(found: Any) -> list[str]:
+    """Every verified node, largest exact effect first, with its rank in the screen."""
+    v = found.verification
+    if v is None or not len(v.nodes):
+        return []
+    rows = sorted(v.rows(), key=lambda r: -abs(r["true"]))
+    out = ["", f"## Verified nodes ({len(rows)}, by |exact effect|)", "",
+           f"| node | {v.method} rank | signed estimate | exact effect |", "|---|---:|---:|---:|"]  # fmt: skip
+    for r in rows[:_MAX_VERIFIED_ROWS]:
+        out.append(f"| `{r['node']}` | {r['rank']} | {r['estimated']:+.4g} | {r['true']:+.4g} |")
+    if len(rows) > _MAX_VERIFIED_ROWS:
+        out.append(f"\n({len(rows) - _MAX_VERIFIED_ROWS} more in circuit.json)")
+    return out
+
+
+#: verified nodes listed in the report (all of them are in the JSON)
+_MAX_VERIFIED_ROWS = 30
 
 
 def _mib_line(m: Any) -> str:

@@ -116,9 +116,37 @@ def _open_unit(value: float) -> float:
     return value
 
 
+def _open_unit_or_none(value: float | None) -> float | None:
+    return None if value is None else _open_unit(value)
+
+
 def _threshold(value: float | None) -> float | None:
     if value is not None and not 0.0 <= value < math.inf:  # also refuses NaN
         raise typer.BadParameter(f"expected a finite number >= 0 but got {value}")
+    return value
+
+
+def _verify_rule(value: str | None) -> str | None:
+    if value is not None:
+        _rule(value)
+    return value
+
+
+def _rule(value: str) -> int | str:
+    """``auto`` or a whole number of top nodes >= 0, else a usage error."""
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit():
+        raise typer.BadParameter(
+            f"expected 'auto' or a whole number of top nodes (0 or more) but got {value!r}"
+        )
+    return int(text)
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < math.inf:  # also refuses NaN
+        raise typer.BadParameter(f"expected a positive finite number but got {value}")
     return value
 
 
@@ -176,19 +204,62 @@ def discover(
     bos: Bos = None,
     seed: Seed = 0,
     node_method: Annotated[str, typer.Option(help="Node screening method.")] = "atp*",
-    edge_method: Annotated[str, typer.Option(help="eap, eap-ig or exact.")] = "eap",
+    edge_method: Annotated[
+        str,
+        typer.Option(
+            help="eap-ig (default: 5 integration steps; see docs/trust.md), eap, atp* or exact."
+        ),
+    ] = "eap-ig",
     kinds: Kinds = "head,q,k,v,mlp",
     layers: Layers = None,
     per_position: PerPosition = False,
     keep_nodes: Annotated[
         int, typer.Option(min=1, help="Top nodes kept for edge attribution.")
     ] = 20,
-    verify_k: Annotated[
-        int, typer.Option(min=0, help="Top nodes verified by exact patching.")
+    verify: Annotated[
+        str | None,
+        typer.Option(
+            callback=_verify_rule,
+            metavar="auto|K",
+            help="auto (default): verify nodes exactly in the screen's order until no unverified "
+            "node can reach the --verify-top-k-th largest exact effect (or --min-effect) at 95% "
+            "confidence; K: verify the top K (0: none).",
+        ),
+    ] = None,
+    verify_top_k: Annotated[
+        int, typer.Option(min=1, help="--verify auto: the verified nodes must hold the true top k.")
     ] = 10,
+    min_effect: Annotated[
+        float | None,
+        typer.Option(
+            callback=_positive,
+            help="--verify auto: verify every node whose |effect| can reach this (metric units), "
+            "instead of the k-th largest.",
+        ),
+    ] = None,
+    bound_target: Annotated[
+        float,
+        typer.Option(
+            callback=_open_unit,
+            help="Draw random subsets until no unverified node can exceed this fraction of the "
+            "clean - corrupt gap, or the budget is spent.",
+        ),
+    ] = 0.1,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            min=3,
+            help="Forward passes per pair for verification and the bound (default: the "
+            "exhaustive sweep's, nodes + 2).",
+        ),
+    ] = None,
+    verify_k: Annotated[
+        int | None, typer.Option(min=0, help="Older form of --verify K.", hidden=True)
+    ] = None,
     diagnose_subsets: Annotated[
-        int, typer.Option(min=0, help="Random subsets for the bound (0: skip; else >= 4).")
-    ] = 100,
+        int | None,
+        typer.Option(min=0, help="One fixed draw of this many subsets (0: no bound).", hidden=True),
+    ] = None,
     edge_top_n: Annotated[
         int | None, typer.Option(min=1, help="Keep the n highest-scoring edges.")
     ] = None,
@@ -215,10 +286,18 @@ def discover(
         common.check_names(metric, node_method, edge_method)
         if edge_top_n is None and edge_threshold is None and greedy is None:
             edge_top_n = 20
+        if verify is not None and verify_k is not None:
+            raise typer.BadParameter(
+                f"expected --verify or its older form --verify-k but got both ({verify}, "
+                f"{verify_k}); pass --verify alone"
+            )
+        rule: int | str = verify_k if verify_k is not None else _rule(verify or "auto")
         config = DiscoverConfig(
             metric=metric, node_method=node_method, kinds=_kinds(kinds), layers=_layers(layers),
             per_position=per_position,
-            verify_k=verify_k, diagnose_subsets=diagnose_subsets, keep_nodes=keep_nodes,
+            verify=rule, verify_top_k=verify_top_k, min_effect=min_effect,
+            bound_target=bound_target, budget=budget, diagnose_subsets=diagnose_subsets,
+            keep_nodes=keep_nodes,
             edge_method=edge_method, edge_top_n=edge_top_n, edge_threshold=edge_threshold,
             edge_greedy=greedy, edge_fractions=common.edge_fractions(fractions),
             batch_size=batch_size, seed=seed,
@@ -235,10 +314,13 @@ def discover(
         written = _write_discovery(folder, found, model, source, settings, show, run)
         g = found.circuit.graph
         mib = g.get("mib")
+        trust = g["verification"]
         summary = {
             "out": str(folder), "files": written, "n_nodes": g["n_nodes"], "n_edges": g["n_edges"],
             "faithfulness": g["faithfulness"], "diagnostic_bound": g["diagnostic_bound"],
-            "cpr": mib and mib["cpr"], "cmd": mib and mib["cmd"],
+            "diagnostic_relative_bound": g["diagnostic_relative_bound"],
+            "verified_nodes": len(trust["nodes"]), "verified_edges": len(trust["edges"]),
+            "passes": trust["cost"], "cpr": mib and mib["cpr"], "cmd": mib and mib["cmd"],
         }  # fmt: skip
         warning = gap_warning(g["metric_clean"], g["metric_corrupt"])
         show.result(
@@ -246,10 +328,27 @@ def discover(
             f"circuit: {plural(g['n_nodes'], 'node')}, {plural(g['n_edges'], 'edge')}, "
             f"faithfulness {g['faithfulness']:.3f} ({metric})"
             + (f", CPR {mib['cpr']:.3f}, CMD {mib['cmd']:.3f}" if mib else "")
+            + f"\n{_trust_line(g)}"
             + (f"\n{warning}" if warning else "")
             + (f"\nwarning: {g['estimate_warning']}" if g.get("estimate_warning") else "")
             + f"\n-> {folder}/ ({', '.join(written)})",
         )
+
+
+def _trust_line(g: dict[str, Any]) -> str:
+    """One line: what was verified exactly, the bound in the gap's units, the passes spent."""
+    t, cost, rel = g["verification"], g["verification"]["cost"], g["diagnostic_relative_bound"]
+    if g["diagnostic_bound"] is None:
+        bound = "nothing left unverified" if t["stopped"] == "exhausted" else "no bound"
+    else:
+        bound = f"no unverified node above {g['diagnostic_bound']:.4g}" + (
+            f" ({rel:.3g} x the gap)" if rel is not None else ""
+        )
+    return (
+        f"verified exactly: {plural(len(t['nodes']), 'node')} ({t['rule']}), "
+        f"{plural(len(t['edges']), 'edge')}; {bound}; {cost['spent']:g} of "
+        f"{cost['budget']:g} passes per pair (sweep {cost['exhaustive']:g}); see report.md"
+    )
 
 
 def _where(model: str, source: str, data: Path | None) -> dict[str, str | None]:
@@ -693,6 +792,21 @@ def diagnose(
         int, typer.Option(min=0, help="Top screened nodes taken as verified.")
     ] = 10,
     subsets: Annotated[int, typer.Option(min=4, help="Random subsets to patch.")] = 200,
+    bound_target: Annotated[
+        float | None,
+        typer.Option(
+            callback=_open_unit_or_none,
+            help="Instead of --subsets: draw fresh subsets in rounds until no unverified node "
+            "can exceed this fraction of the clean - corrupt gap, or --budget is spent.",
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            min=3,
+            help="With --bound-target: forward passes per pair (default: the sweep's, nodes + 2).",
+        ),
+    ] = None,
     p: Annotated[
         float, typer.Option(callback=_open_unit, help="Probability of each node in a subset.")
     ] = 0.25,
@@ -710,8 +824,9 @@ def diagnose(
     json: Json = False,
 ) -> None:
     """Bound the largest effect of any node outside the screen's top ones; writes diagnosis.json."""
-    from circuitgraph.attribution import attribute_nodes
+    from circuitgraph.attribution import attribute_nodes, diagnose_until
     from circuitgraph.attribution import diagnose as run_diagnosis
+    from circuitgraph.attribution.diagnostics import metric_gap
 
     show = Output(quiet, json)
     with user_errors():
@@ -723,12 +838,24 @@ def diagnose(
                                      progress=stages("screen nodes", len(pairs)))  # fmt: skip
             top = set(scores.top_k(verified))
             rest = [n for n in scores.nodes if n not in top]
-            d = run_diagnosis(
-                mdl, pairs, rest, metric, p=p, n_subsets=subsets, confidence=confidence,
-                seed=seed, batch_size=batch_size, progress=stages("random subsets", len(pairs) * subsets),
-            )  # fmt: skip
-        result = {"bound": d.bound, "confidence": d.confidence, "n_unverified": len(rest),
+            # the screen is the control variate: the subsets estimate only its error
+            gap = metric_gap(mdl, pairs, metric, batch_size)
+            if bound_target is not None:
+                d = diagnose_until(
+                    mdl, pairs, rest, metric, screen=scores, bound_target=bound_target, gap=gap,
+                    budget=budget, confidence=confidence, p=p, seed=seed, batch_size=batch_size,
+                    progress=stages("rounds of random subsets", 0),
+                )  # fmt: skip
+            else:
+                d = run_diagnosis(
+                    mdl, pairs, rest, metric, p=p, n_subsets=subsets, confidence=confidence,
+                    seed=seed, batch_size=batch_size, screen=scores, gap=gap,
+                    progress=stages("random subsets", len(pairs) * subsets),
+                )  # fmt: skip
+        result = {"bound": d.bound, "relative_bound": d.relative_bound, "gap": gap,
+                  "confidence": d.confidence, "n_unverified": len(rest),
                   "n_subsets": d.n_subsets, "p": d.p, "forward_passes": d.forward_passes,
+                  "target": d.target, "stopped": d.stopped or None, "summary": d.summary(),
                   "caveat": d.caveat, "verified": [n.id for n in scores.top_k(verified)],
                   "nodes": d.rows()}  # fmt: skip
         write(folder / "diagnosis.json", dumps(result))

@@ -14,5 +14,5 @@ from walkthrough import main
 import circuitgraph as cg
 
 if __name__ == "__main__":
-    config = cg.DiscoverConfig(keep_nodes=12, edge_top_n=12, verify_k=8, diagnose_subsets=50)
+    config = cg.DiscoverConfig(keep_nodes=12, edge_top_n=12, verify="auto", verify_top_k=8)
     main(__doc__, "zoo:attn-only-2l", "induction", config)

@@ -14,5 +14,5 @@ from walkthrough import main
 import circuitgraph as cg
 
 if __name__ == "__main__":
-    config = cg.DiscoverConfig(keep_nodes=16, edge_top_n=16, verify_k=10, diagnose_subsets=50)
+    config = cg.DiscoverConfig(keep_nodes=16, edge_top_n=16, verify="auto", verify_top_k=10)
     main(__doc__, "zoo:gpt2-4l", "ioi", config)

@@ -225,13 +225,15 @@ def test_attributes_of_nodes_edges_and_graph():
     )  # fmt: skip
     assert G.nodes["a0.h0"] == {
         "kind": "head", "layer": 0, "position": None, "head": 0, "grouped": False,
-        "score": 1.5, "signed": -1.5, "exact": -1.25,
+        "score": 1.5, "signed": -1.5, "exact": -1.25, "verified": True,
     }  # fmt: skip
     assert G.nodes["a0.h0<q>"]["score"] == 0.75
     assert G.nodes["input"] == {"kind": "input", "layer": None, "position": None}
     assert G.edges["a1.h0", "logits"] == {
         "target_input": "logits", "internal": False, "score": 3.0, "signed": 3.0, "exact": 2.75,
+        "verified": True,
     }  # fmt: skip
+    assert "verified" not in G.nodes["a1.h0"] and "verified" not in G.edges["a0.h0", "a1.h0<k>"]
     assert G.edges["a0.h0", "a1.h0<k>"]["target_input"] == "k"
     assert G.edges["a0.h0<q>", "a0.h0"] == {"internal": True}
     g = G.graph

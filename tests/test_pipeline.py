@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import circuitgraph as cg
 from circuitgraph.errors import ConfigError
@@ -64,3 +65,18 @@ def test_config_and_overrides_combine(induction) -> None:
     assert small.verification is None and small.diagnosis is None
     assert small.graph.graph["config"]["keep_nodes"] == 6
     assert small.graph.graph["selection"]["value"] == 3
+
+
+def test_the_default_verifies_until_bounded_and_the_exact_values_are_exact(induction) -> None:
+    model, _, pairs = induction
+    found = cg.discover(model, pairs, keep_nodes=6, edge_top_n=6, edge_fractions=())
+    v, cost = found.verification, found.cost
+    assert v is not None and v.asked == "top 10" and v.stopped in ("bounded", "exhausted")
+    assert cost is not None and cost.spent <= cost.budget == cost.exhaustive
+    truth = cg.patch_nodes(model, pairs, list(v.nodes))
+    assert torch.allclose(v.true, truth.signed.double(), atol=1e-5)
+    trust = found.graph.graph["verification"]
+    assert trust["rule"] == "auto" and trust["nodes"] == [n.id for n in v.nodes]
+    assert found.graph.graph["edge_method"] == "eap-ig"
+    if v.stopped == "exhausted":  # every node verified: no bound is claimed
+        assert found.diagnosis is None and found.graph.graph["diagnostic_bound"] is None

@@ -7,9 +7,12 @@ from types import SimpleNamespace
 
 import torch
 
+from circuitgraph.attribution.diagnostics import Diagnosis
+from circuitgraph.attribution.verify import Verification
 from circuitgraph.faithfulness import MIBScores
 from circuitgraph.graph import circuit_from_edges
 from circuitgraph.nodes import Node
+from circuitgraph.pipeline import Cost
 from circuitgraph.report import faithfulness_png, report_md
 from circuitgraph.scores import NodeScores
 from circuitgraph.text import plural
@@ -26,12 +29,14 @@ def found(clean: float = 4.0, corrupt: float = 0.0, mib: bool = True) -> SimpleN
     nodes = (Node.parse("a0.h0"), Node.parse("a0.h1"), Node.parse("m0"))
     ns = NodeScores(nodes, torch.tensor([0.1, -3.0, 1.0]), torch.tensor([5.0, 3.0, 1.0]),
                     "atp*", "logit_diff", 1)  # fmt: skip
-    verification = SimpleNamespace(rows=lambda: [{"node": "a0.h0", "true": -0.5}])
+    one = torch.tensor([1.0], dtype=torch.float64)
+    verification = Verification((nodes[0],), 0.1 * one, 5 * one, -0.5 * one, "atp*",
+                                "logit_diff", 1, 3.0)  # fmt: skip
     scores = MIBScores((0.5, 1.0), (1, 2), 2, 1, (0.5, 1.0), (0.25, 1.0))
     return SimpleNamespace(
         circuit=G, node_scores=ns, verification=verification, diagnosis=None,
         mib=scores if mib else None, curve=[(0, 0.0), (1, 0.25), (2, 1.0)],
-        timings={"screen": 0.5},
+        timings={"screen": 0.5}, cost=Cost(5.0, 5.0, 3.0, 0.0),
     )  # fmt: skip
 
 
@@ -50,6 +55,29 @@ def test_report_reads_well():
     assert table[5] == "| 2 | `a0.h1` | 3 | -3 |  |"
     curve = text[text.index("## Faithfulness by circuit size") :]
     assert "| 1 | 50% | 0.250 | 0.500 |" in curve and "| 2 | 100% | 1.000 | 1.000 |" in curve
+
+
+def test_report_says_what_was_verified_the_bound_in_the_gaps_units_and_the_cost():
+    f = found()
+    f.circuit.graph["verification"] = {"rule": "top 1"}
+    t = torch.tensor
+    f.diagnosis = Diagnosis(
+        (Node.parse("a0.h1"), Node.parse("m0")), t([0.1, 0.0]), t([0.05, 0.05]), t([0.2, 0.1]),
+        0.2, 0.95, 0.25, 40, 0, "logit_diff", 1, 42.0, gap=4.0, target=0.4,
+    )  # fmt: skip
+    f.cost = Cost(5.0, 50.0, 3.0, 42.0)
+    text = report_md(f)
+    trust = text[text.index("## How far to trust it") : text.index("## Top nodes")]
+    assert "(`--verify 1`): **1 node**" in trust
+    assert "**0.2** = **0.05 × the clean − corrupt gap** (4)" in trust
+    assert "no unverified node moves the metric by more than 5.0% of what patching" in trust
+    assert (
+        "45 forward passes per pair spent verifying and bounding (3 + 42) of a budget of "
+        "50 (5 left); the exhaustive sweep of every screened node costs 5" in trust
+    )
+    assert "exact only for additive effects" in trust
+    verified = text[text.index("## Verified nodes") :].splitlines()
+    assert verified[4] == "| `a0.h0` | 1 | +0.1 | -0.5 |"
 
 
 def test_report_warns_when_the_clean_corrupt_gap_is_small():

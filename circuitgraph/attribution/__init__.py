@@ -8,8 +8,10 @@ options once and hand them over::
     node estimator(model, pairs, nodes, metric, opts, **options) -> NodeScores
     edge estimator(model, pairs, candidates, metric, opts, **options) -> EdgeScores
 
-Node methods: ``atp``, ``atp+qkfix``, ``atp+graddrop``, ``atp*``, ``exact`` and the baselines
-``subsampling``, ``blocks``, ``random``. Edge methods: ``eap``, ``eap-ig``, ``atp*``, ``exact``.
+Node methods: ``atp``, ``atp+qkfix``, ``atp+graddrop``, ``atp*``, ``atp*-mean`` (GradDrop after
+the mean over pairs), ``atp-ig`` (integrated gradients per hook site), ``exact`` and the
+baselines ``subsampling``, ``blocks``, ``random``. Edge methods: ``eap``, ``eap-ig``, ``atp*``,
+``exact``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from typing import Any
 import torch
 
 from circuitgraph.arch import Arch
-from circuitgraph.attribution import atp, baselines, edges, edges_star, exact  # noqa: F401  (they register methods)
+from circuitgraph.attribution import (  # noqa: F401  (they register methods)
+    atp,
+    atp_ig,
+    baselines,
+    edges,
+    edges_star,
+    exact,
+    graddrop_mean,
+)
 from circuitgraph.attribution.candidates import EdgeSet, edge_candidates
 from circuitgraph.attribution.diagnostics import Diagnosis, diagnose
 from circuitgraph.attribution.registry import (
@@ -32,7 +42,8 @@ from circuitgraph.attribution.registry import (
     method_names,
     register,
 )
-from circuitgraph.attribution.verify import Verification, verify_nodes
+from circuitgraph.attribution.sequential import diagnose_until
+from circuitgraph.attribution.verify import Verification, verify_auto, verify_nodes
 from circuitgraph.errors import ConfigError
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Node, fixed, node_array
@@ -51,10 +62,12 @@ __all__ = [
     "attribute_edges",
     "attribute_nodes",
     "diagnose",
+    "diagnose_until",
     "edge_candidates",
     "get_estimator",
     "method_names",
     "register",
+    "verify_auto",
     "verify_nodes",
 ]
 

@@ -65,7 +65,9 @@ def to_dot(G: nx.DiGraph, *, title: str | None = None) -> graphviz.Digraph:
     per layer's MLP (the MLP reads the heads of its layer; neurons get a row below their
     MLP); q/k/v inputs sit between. Nodes
     are coloured by kind, edges blue (positive ``signed``) or red (negative), width
-    proportional to ``score`` over the graph's largest; internal edges grey and dashed. The
+    proportional to ``score`` over the graph's largest; internal edges grey and dashed.
+    Verified nodes (``exact`` set) get a double border; scored edges are solid when
+    verified by exact patching, dashed when only estimated. The
     graph's label holds a title (``title`` or task · model), a summary (size, faithfulness,
     metric, method), any warning, and the legend, so every node statement is a circuit node.
 
@@ -196,7 +198,14 @@ def _node_style(n: str, d: Mapping[str, Any]) -> dict[str, str]:
     if d.get("signed") is not None:
         label += f"\\n{float(d['signed']):+.3g}"
     tip = [n] + [f"{k}={d[k]:.4g}" for k in ("signed", "score", "exact") if d.get(k) is not None]
+    if _verified(d):  # a double border: its effect was measured by exact patching
+        style.update(peripheries="2", penwidth="1.6")
+        tip.append("(verified exactly)")
     return {**style, "label": label, "tooltip": "  ".join(tip)}
+
+
+def _verified(d: Mapping[str, Any]) -> bool:
+    return bool(d.get("verified")) or d.get("exact") is not None
 
 
 def _edge_style(u: str, v: str, d: Mapping[str, Any], top: float) -> dict[str, str]:
@@ -212,7 +221,10 @@ def _edge_style(u: str, v: str, d: Mapping[str, Any], top: float) -> dict[str, s
     width = 0.6 + 5.4 * (score / top if top > 0 else 0.0)
     color = _NEGATIVE if float(d.get("signed", 0.0)) < 0 else _POSITIVE
     tip = [f"{u}->{v}"] + [f"{k}={d[k]:.4g}" for k in ("signed", "score", "exact") if k in d]
-    return {"color": color, "penwidth": f"{width:.2f}", "tooltip": "  ".join(tip)}
+    out = {"color": color, "penwidth": f"{width:.2f}", "tooltip": "  ".join(tip)}
+    if not _verified(d):  # an estimate only: dashed, where a verified edge is solid
+        out["style"] = "dashed"
+    return out
 
 
 def _label(G: nx.DiGraph, title: str | None, top: float) -> str:
@@ -256,6 +268,7 @@ def _legend_edges(top: float) -> str:
         f'<TD><FONT COLOR="{_POSITIVE}"><B>{arrow}</B></FONT> positive effect</TD>'
         f'<TD><FONT COLOR="{_NEGATIVE}"><B>{arrow}</B></FONT> negative effect</TD>'
         f'<TD><FONT COLOR="{_INTERNAL}"><B>- - -</B></FONT> internal: q/k/v &#8594; head, MLP &#8594; neuron</TD>'
+        "<TD>solid: exact effect measured; dashed: estimate only; double border: node verified</TD>"
         f"<TD>width &#8733; |score| (max {top:.3g})</TD>"
     )
     return (

@@ -269,6 +269,13 @@ FAULTS: tuple[Fault, ...] = (
     F("p-out-of-range", "`diagnose --p 1.5`",
       "invalid value for '--p': expected a number strictly between 0 and 1 but got 1.5",
       lambda c: ["diagnose", *QUICK, "--p", "1.5", "--out", str(c.out)], code=2),
+    F("bound-target-out-of-range", "`discover --bound-target 1.5`",
+      "invalid value for '--bound-target': expected a number strictly between 0 and 1 but got 1.5",
+      lambda c: ["discover", *QUICK, "--bound-target", "1.5", "--out", str(c.out)], code=2),
+    F("verify-rule", "`discover --verify some`",
+      "invalid value for '--verify': expected 'auto' or a whole number of top nodes (0 or more) "
+      "but got 'some'",
+      lambda c: ["discover", *QUICK, "--verify", "some", "--out", str(c.out)], code=2),
     F("threshold-nan", "`--edge-threshold nan`",
       "invalid value for '--edge-threshold': expected a finite number >= 0 but got nan",
       lambda c: ["discover", *DISCOVER, "--edge-threshold", "nan", "--out", str(c.out)], code=2),

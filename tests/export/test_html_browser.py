@@ -126,3 +126,33 @@ def test_viewer_stays_responsive_with_thousands_of_edges(browser, tmp_path):
     assert big == expected(data, 5000) and big["edges"] > 3000
     screenshot(browser, tmp_path, "viewer-5000.png")
     assert browser.errors() == []
+
+
+def test_viewer_marks_what_was_verified_exactly(browser, tmp_path):
+    G, es, ns = discovered_like()
+    verified = {n: -0.25 for n in list(G.nodes)[:3]}
+    u, v = next((u, v) for u, v, d in G.edges(data=True) if not d["internal"])
+    G.edges[u, v].update(exact=0.5, verified=True)  # as discover's exact edge patching does
+    page = export.write(G, tmp_path / "circuit.html", scores=es, node_scores=ns, verified=verified)
+    browser.open(page.resolve().as_uri())
+    data = viewer_data(G, es, ns, verified)
+    want_nodes = sorted(n["id"] for n in data["nodes"] if n["ex"] is not None)
+    got_nodes = browser.eval("circuitViewer.cy.nodes('.verified').map(n => n.id()).sort()")
+    assert got_nodes == want_nodes and len(want_nodes) >= 3
+    assert browser.eval(
+        "circuitViewer.cy.nodes('.verified').every(n => n.style('border-style') === 'double')"
+    )
+    edges = [e for e in data["edges"] if not e["i"]]
+    assert (
+        browser.eval("circuitViewer.cy.edges('.verified').length")
+        == sum(e["ex"] is not None for e in edges)
+        == 1
+    )  # discovered_like verifies its top edge
+    assert browser.eval(
+        "circuitViewer.cy.edges('.estimate').every(e => e.style('line-style') === 'dashed')"
+        " && circuitViewer.cy.edges('.verified').every(e => e.style('line-style') === 'solid')"
+    )
+    assert "verified: exact effect measured" in browser.eval(
+        "document.getElementById('legend').textContent"
+    )
+    assert browser.errors() == []

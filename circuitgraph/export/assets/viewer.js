@@ -52,6 +52,9 @@
     return Math.max(ellipse ? 30 : 40, n.label.length * (ellipse ? 6.5 : 7.2) + (ellipse ? 14 : 16));
   }
 
+  // verified: the exact effect was measured (exact activation or edge patching)
+  function verified(x) { return x.ex !== null && x.ex !== undefined; }
+
   function elements() {
     const out = [];
     for (const r of D.rows) {
@@ -59,13 +62,13 @@
         position: { x: r.x, y: r.y }, classes: "rowlabel", selectable: false, grabbable: false });
     }
     for (const n of D.nodes) {
-      out.push({ group: "nodes", position: { x: n.x, y: n.y }, classes: "n " + n.kind,
+      out.push({ group: "nodes", position: { x: n.x, y: n.y }, classes: "n " + n.kind + (verified(n) ? " verified" : ""),
         data: { id: n.id, label: n.label, fill: D.colors.nodes[n.kind] || "#ccc", w: nodeWidth(n), k: n.k, row: n.row } });
     }
     D.edges.forEach((e, i) => {
       const color = e.i ? D.colors.edges.internal : (e.sg < 0 ? D.colors.edges.negative : D.colors.edges.positive);
       const width = e.i ? 1.2 : 0.8 + 6.2 * (topScore > 0 ? Math.abs(e.sc || 0) / topScore : 0);
-      out.push({ group: "edges", classes: e.i ? "internal" : "scored",
+      out.push({ group: "edges", classes: e.i ? "internal" : "scored " + (verified(e) ? "verified" : "estimate"),
         data: { id: "e" + i, source: e.s, target: e.t, k: e.k, color: color, width: width, idx: i } });
     });
     return out;
@@ -86,6 +89,8 @@
       "width": "data(width)", "line-color": "data(color)", "target-arrow-color": "data(color)",
       "target-arrow-shape": "triangle", "arrow-scale": 0.8, "curve-style": "straight", "opacity": 0.75 } },
     { selector: "edge.internal", style: { "line-style": "dashed", "target-arrow-shape": "none", "opacity": 0.9 } },
+    { selector: "node.verified", style: { "border-width": 4, "border-style": "double", "border-color": "#222" } },
+    { selector: "edge.estimate", style: { "line-style": "dashed" } },
     // many edges: haystack lines (no arrowheads; the layout runs input -> logits, top to
     // bottom) draw several times faster than straight edges with arrows
     ...(big ? [{ selector: "edge", style: { "curve-style": "haystack", "haystack-radius": 0 } }] : []),
@@ -332,6 +337,8 @@
     rows.push(`<tr><td>${line(D.colors.edges.positive)}</td><td>positive signed score</td></tr>`);
     rows.push(`<tr><td>${line(D.colors.edges.negative)}</td><td>negative signed score</td></tr>`);
     rows.push(`<tr><td>${line(D.colors.edges.internal, true)}</td><td>internal: q/k/v → head, MLP → neuron</td></tr>`);
+    rows.push(`<tr><td><span class="swatch" style="border:4px double #222">node</span></td><td>verified: exact effect measured</td></tr>`);
+    rows.push(`<tr><td>${line("#888", false)} / ${line("#888", true)}</td><td>edge verified exactly / estimate only</td></tr>`);
     $("legend").innerHTML = `<div class="caption">Legend</div><table>${rows.join("")}</table>` +
       `<div class="note">edge width ∝ |score| (max ${num(topScore)}); drawn with ${esc(D.library)}</div>`;
   }
