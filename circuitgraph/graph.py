@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ import torch
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.scores import EdgeScores, NodeScores
+from circuitgraph.search import DEFAULT_MAX_EDGES, Search, check_target, search_prefix
 
 if TYPE_CHECKING:
     from circuitgraph.model import ModelInfo
@@ -58,6 +59,9 @@ __all__ = [
     "node_attributes",
     "path_growth",
 ]
+
+#: circuits (lists of edges) → their faithfulness, one number each
+Faithfulness = Callable[[Sequence[Sequence[Edge]]], Sequence[float]]
 
 #: kinds an edge may start from / end at
 SOURCE_KINDS: tuple[str, ...] = ("input", "head", "mlp", "neuron")
@@ -85,15 +89,34 @@ def build_circuit(
     top_n: int | None = None,
     threshold: float | None = None,
     greedy: int | None = None,
+    target: float | None = None,
+    faithfulness: Faithfulness | None = None,
+    max_edges: int = DEFAULT_MAX_EDGES,
+    rank_by: str = "signed",
+    direction: float | None = None,
+    complete: bool = False,
     verified_nodes: Mapping[Node | str, float] | None = None,
     verified_edges: Mapping[Edge | str, float] | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> nx.DiGraph:
     """Select edges, keep those on ``input`` → ``logits`` paths, return the circuit graph.
 
-    Exactly one of ``top_n`` (the n highest absolute scores), ``threshold`` (every edge with
-    ``score >= threshold``) or ``greedy`` (n edges grown from the logits backwards: each step
-    adds the highest-scoring edge into a node already in the circuit) must be given.
+    Exactly one rule selects: ``top_n`` (the n highest absolute scores), ``threshold``
+    (every edge with ``score >= threshold``), ``greedy`` (n edges grown from the logits
+    backwards: each step adds the highest-scoring edge into a node already in the circuit)
+    or ``target`` (the smallest prefix of the ranking whose completed circuit has
+    faithfulness >= target and at most ``max_edges`` edges; see :mod:`circuitgraph.search`).
+    ``target`` needs ``faithfulness(circuits) -> [F, ...]`` (exact circuit runs, e.g.
+    :func:`~circuitgraph.patching.evaluate_circuits`) and ranks by ``rank_by``: ``"signed"``
+    (``direction · signed`` first, ``direction`` the sign of L_corrupt − L_clean, by default
+    the sign of the summed signed scores: edges that carry the behaviour come first, those
+    that work against it last) or ``"score"`` (|score|); ``G.graph["search"]`` records every
+    evaluation.
+
+    ``complete`` (always on with ``target``): an edge with no ``input`` → source or target →
+    ``logits`` path among the selected edges is not dropped; the widest such path among all
+    scored edges (the one whose weakest |score| is largest) is added, its edges marked
+    ``completion=True``.
     Grouped KV inputs (``a3.kv1<k>``) need the group size: ``attrs`` (or the scores' ``meta``)
     must hold ``heads_per_kv`` or ``n_heads`` and ``n_kv_heads``; :func:`model_attrs` gives
     them. When nothing survives the graph is empty and ``G.graph["warning"]`` says why.
@@ -112,28 +135,48 @@ def build_circuit(
         >>> G.graph["n_edges"], G.edges["a0.h0", "logits"]["signed"]
         (2, -3.0)
     """
-    rule, value = _selection(top_n, threshold, greedy)
+    rule, value = _selection(top_n, threshold, greedy, target)
     rows = _rows(edge_scores)
     graph_attrs = {**_plain(dict(attrs or {}), "attrs"), **_score_attrs(edge_scores, node_scores)}
     hpk = _heads_per_kv(graph_attrs, edge_scores.meta)
-    if rule == "top_n":
+    pool = _Pool(rows, hpk) if complete or rule == "target" else None
+    added: list[_Row] = []
+    if rule == "target":
+        if faithfulness is None:
+            raise ConfigError(
+                "expected faithfulness=, a function from circuits (lists of edges) to their "
+                "faithfulness, with target=; e.g. the F of evaluate_circuits on your pairs"
+            )
+        assert pool is not None
+        ranked = _ranked(rows, rank_by, direction)
+        found = _search(ranked, pool, faithfulness, float(value), max_edges)
+        chosen, added = pool.complete(ranked[: found.prefix])
+        graph_attrs.update(ranked_by=rank_by, search=found.to_json())
+    elif rule == "top_n":
         chosen = rows[: int(value)]
     elif rule == "threshold":
         chosen = [r for r in rows if r.score >= value]
     else:
         chosen = _greedy(rows, int(value), hpk)
-    graph_attrs["selection"] = {"rule": rule, "value": value, "selected": len(chosen)}
+    if pool is not None and rule != "target":
+        chosen, added = pool.complete(chosen)
+    graph_attrs["selection"] = {
+        "rule": rule, "value": value, "selected": len(chosen), "completion": len(added),
+    }  # fmt: skip
     verified = _keyed(verified_edges, Edge.parse)
     edges = {
         r.edge: edge_attributes(r.edge, r.signed, r.score, verified.get(r.edge)) for r in chosen
     }
+    for r in added:
+        edges[r.edge] = {**edge_attributes(r.edge, r.signed, r.score, verified.get(r.edge)),
+                         "completion": True}  # fmt: skip
     G = circuit_from_edges(
         edges,
         node_attrs=_node_extras(node_scores, _keyed(verified_nodes, Node.parse)),
         attrs=graph_attrs,
         heads_per_kv=hpk,
     )
-    G.graph["selection"]["dropped_off_path"] = len(chosen) - G.graph["n_edges"]
+    G.graph["selection"]["dropped_off_path"] = len(chosen) + len(added) - G.graph["n_edges"]
     if not chosen:
         G.graph["warning"] = _nothing_selected(rule, value, rows)
     return G
@@ -344,19 +387,19 @@ def model_attrs(info: ModelInfo) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def _selection(top_n: Any, threshold: Any, greedy: Any) -> tuple[str, Any]:
-    given = {
-        k: v
-        for k, v in (("top_n", top_n), ("threshold", threshold), ("greedy", greedy))
-        if v is not None
-    }
+def _selection(top_n: Any, threshold: Any, greedy: Any, target: Any) -> tuple[str, Any]:
+    rules = (("top_n", top_n), ("threshold", threshold), ("greedy", greedy), ("target", target))
+    given = {k: v for k, v in rules if v is not None}
     if len(given) != 1:
         got = ", ".join(f"{k}={v!r}" for k, v in given.items()) or "none"
         raise ConfigError(
-            f"expected exactly one of top_n, threshold or greedy to select edges but got {got}; "
-            "pass one of them"
+            "expected exactly one of top_n, threshold, greedy or target to select edges but "
+            f"got {got}; pass one of them"
         )
     rule, value = next(iter(given.items()))
+    if rule == "target":
+        check_target(value, 1)
+        return rule, float(value)
     if rule == "threshold":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ConfigError(f"expected a number for threshold but got {value!r}")
@@ -429,6 +472,131 @@ def _nothing_selected(rule: str, value: Any, rows: Sequence[_Row]) -> str:
             "circuit is empty; lower the threshold"
         )
     return f"{rule}={value} selects no edge, so the circuit is empty; ask for more edges"
+
+
+# --------------------------------------------------------------------------------------
+# Target search and path completion
+# --------------------------------------------------------------------------------------
+
+
+def _ranked(rows: Sequence[_Row], rank_by: str, direction: float | None) -> list[_Row]:
+    """The rows in the order the target search walks (stable: ties keep |score| order)."""
+    if rank_by == "score":
+        return list(rows)
+    if rank_by != "signed":
+        raise ConfigError(f"expected rank_by 'signed' or 'score' but got {rank_by!r}")
+    if direction is None:  # Σ signed estimates the effect of patching everything
+        direction = math.copysign(1.0, sum(r.signed for r in rows) or -1.0)
+    sign = math.copysign(1.0, direction)
+    return sorted(rows, key=lambda r: -sign * r.signed)
+
+
+def _search(
+    ranked: Sequence[_Row], pool: _Pool, faithfulness: Faithfulness, target: float, max_edges: int
+) -> Search:
+    """The target search over prefixes of ``ranked``, each completed into paths."""
+    kept: dict[int, list[Edge]] = {}
+
+    def circuit(k: int) -> list[Edge]:
+        if k not in kept:
+            chosen, added = pool.complete(ranked[:k])
+            kept[k] = pool.on_paths([r.edge for r in (*chosen, *added)])
+        return kept[k]
+
+    def evaluate(ks: Sequence[int]) -> list[float]:
+        return [float(f) for f in faithfulness([circuit(k) for k in ks])]
+
+    return search_prefix(len(ranked), lambda k: len(circuit(k)), evaluate, target, max_edges)
+
+
+class _Pool:
+    """Every scored edge, with the widest path from ``input`` to each node and from each
+    node to ``logits`` (widest: the weakest |score| on it is largest; internal edges are
+    never the weakest)."""
+
+    def __init__(self, rows: Sequence[_Row], heads_per_kv: int | None) -> None:
+        self.row = {r.edge: r for r in rows}
+        nodes = sorted(
+            {n for r in rows for n in (r.edge.src, r.edge.dst)}, key=lambda n: n.sort_key
+        )
+        self.internal = _internal_edges(nodes, heads_per_kv)
+        weighted = [(r.edge.src, r.edge.dst, r.score) for r in rows]
+        weighted += [(t, s, math.inf) for t, s in self.internal]
+        succ: dict[Node, list[tuple[Node, float]]] = defaultdict(list)
+        pred: dict[Node, list[tuple[Node, float]]] = defaultdict(list)
+        for u, v, w in weighted:
+            succ[u].append((v, w))
+            pred[v].append((u, w))
+        self.from_input = _widest([n for n in nodes if n.kind == "input"], succ)
+        self.to_logits = _widest([n for n in nodes if n.kind == "logits"], pred)
+
+    def complete(self, chosen: Sequence[_Row]) -> tuple[list[_Row], list[_Row]]:
+        """``chosen`` and the scored edges that complete its edges' paths (not in ``chosen``)."""
+        grown = _Growth()
+        for t, s in self.internal:
+            grown.add(0, t, s)
+        for r in chosen:
+            grown.add(0, r.edge.src, r.edge.dst)
+        have = {r.edge for r in chosen}
+        added: list[_Row] = []
+
+        def add(path: list[Edge]) -> None:
+            for e in path:
+                grown.add(0, e.src, e.dst)
+                if e in self.row and e not in have:
+                    have.add(e)
+                    added.append(self.row[e])
+
+        for u in sorted({r.edge.src for r in chosen}, key=lambda n: n.sort_key):
+            if u not in grown.fwd:  # lowest layers first: their paths may reach the rest
+                add(_path(self.from_input, u, forward=True))
+        for v in sorted({r.edge.dst for r in chosen}, key=lambda n: n.sort_key, reverse=True):
+            if v not in grown.bwd:
+                add(_path(self.to_logits, v, forward=False))
+        return list(chosen), added
+
+    def on_paths(self, edges: Sequence[Edge]) -> list[Edge]:
+        """The scored edges among ``edges`` that lie on an input -> logits path."""
+        g = nx.DiGraph()
+        g.add_edges_from((e.src, e.dst) for e in edges)
+        present = set(g.nodes)
+        g.add_edges_from((t, s) for t, s in self.internal if t in present and s in present)
+        _, on = _on_paths(g)
+        keep = set(on)
+        return [e for e in edges if (e.src, e.dst) in keep]
+
+
+def _widest(
+    starts: Sequence[Node], step: Mapping[Node, Sequence[tuple[Node, float]]]
+) -> dict[Node, Node | None]:
+    """Max-bottleneck tree from ``starts`` along ``step``: each reached node's predecessor."""
+    best = {n: math.inf for n in starts}
+    back: dict[Node, Node | None] = {n: None for n in starts}
+    heap = [(-math.inf, n.sort_key, n) for n in starts]
+    done: set[Node] = set()
+    while heap:
+        _, _, x = heapq.heappop(heap)
+        if x in done:
+            continue
+        done.add(x)
+        for y, w in step.get(x, ()):
+            width = min(best[x], w)
+            if y not in done and width > best.get(y, -math.inf):
+                best[y], back[y] = width, x
+                heapq.heappush(heap, (-width, y.sort_key, y))
+    return back
+
+
+def _path(tree: Mapping[Node, Node | None], node: Node, *, forward: bool) -> list[Edge]:
+    """The edges from the tree's root to ``node`` (``forward``) or from ``node`` to the root."""
+    out: list[Edge] = []
+    x = node
+    while tree.get(x) is not None:
+        y = tree[x]
+        assert y is not None
+        out.append(Edge(y, x) if forward else Edge(x, y))
+        x = y
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -37,9 +37,16 @@ from circuitgraph.faithfulness import MIB_FRACTIONS, MIBScores, check_fractions,
 from circuitgraph.graph import build_circuit, circuit_edges, model_attrs
 from circuitgraph.model import model_info
 from circuitgraph.nodes import Edge, Node
-from circuitgraph.patching import CircuitEval, evaluate_circuit, faithfulness_curve, patch_edges
+from circuitgraph.patching import (
+    CircuitEval,
+    evaluate_circuit,
+    evaluate_circuits,
+    faithfulness_curve,
+    patch_edges,
+)
 from circuitgraph.run import NONLINEAR, far_from_exact, metric_gap
 from circuitgraph.scores import EdgeScores, NodeScores
+from circuitgraph.search import DEFAULT_MAX_EDGES, DEFAULT_TARGET, check_target
 from circuitgraph.tasks.pairs import PromptPairs
 from circuitgraph.text import plural
 
@@ -80,9 +87,20 @@ class DiscoverConfig:
     confidence: float = 0.95
     keep_nodes: int = 20
     edge_method: str = "eap-ig"
-    edge_top_n: int | None = 20
+    #: the default rule: the smallest circuit of complete input -> logits paths, along the
+    #: ranking by ``rank_by``, whose faithfulness reaches this (at most ``max_edges`` edges)
+    target_faithfulness: float = DEFAULT_TARGET
+    max_edges: int = DEFAULT_MAX_EDGES
+    rank_by: str = "signed"
+    #: double ``keep_nodes`` (up to 3 times) while every edge among the kept nodes fits
+    #: within ``max_edges`` and still misses the target
+    grow_nodes: bool = True
+    #: fixed rules instead of the target (at most one; by |score|, as before)
+    edge_top_n: int | None = None
     edge_threshold: float | None = None
     edge_greedy: int | None = None
+    #: exact edge patching of the circuit's edges, the top this many by |score| (0: none)
+    verify_edges: int = 100
     curve_sizes: tuple[int, ...] = (5, 10, 20, 50, 100)
     #: fractions of the model's edges for MIB's CPR/CMD (empty: skip them)
     edge_fractions: tuple[float, ...] = MIB_FRACTIONS
@@ -93,13 +111,17 @@ class DiscoverConfig:
         chosen = [
             x for x in (self.edge_top_n, self.edge_threshold, self.edge_greedy) if x is not None
         ]
-        if len(chosen) != 1:
+        if len(chosen) > 1:
             raise ConfigError(
-                "expected exactly one edge selection (top-n, threshold or greedy) but got "
-                f"{len(chosen)}; pass one of them"
+                "expected at most one fixed edge selection (top-n, threshold or greedy; none: "
+                f"the faithfulness target) but got {len(chosen)}; pass one of them"
             )
+        check_target(self.target_faithfulness, self.max_edges)
+        if self.rank_by not in ("signed", "score"):
+            raise ConfigError(f"expected rank_by 'signed' or 'score' but got {self.rank_by!r}")
         for name, low in (("keep_nodes", 1), ("verify_top_k", 1), ("batch_size", 1)):
             _at_least(name, getattr(self, name), low)
+        _at_least("verify_edges", self.verify_edges, 0)
         self._check_verification()
         for name in ("diagnose_p", "confidence", "bound_target"):
             value = getattr(self, name)
@@ -137,6 +159,14 @@ class DiscoverConfig:
             raise ConfigError(
                 f"expected budget to be at least 3 forward passes per pair but got {self.budget}"
             )
+
+    @property
+    def edge_rule(self) -> str:
+        """``"target"`` unless a fixed rule (``top_n``, ``threshold``, ``greedy``) is set."""
+        for rule in ("top_n", "threshold", "greedy"):
+            if getattr(self, f"edge_{rule}") is not None:
+                return rule
+        return "target"
 
     @property
     def verification(self) -> int | str:
@@ -219,11 +249,12 @@ def _no_progress(stage: str, total: int) -> Callable[[int], None]:
 
 @contextmanager
 def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the time spent in the block to ``timings[stage]``."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        timings[stage] = time.perf_counter() - start
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def discover(
@@ -290,24 +321,39 @@ def discover_circuit(
         model, pairs, nodes, verification, measured.gap, budget - spent, c, stages, t
     )
     cost = Cost(len(nodes) + overhead_passes(c.metric), budget, spent, more)
-    with _timed(t, "edges"):
-        cands = edge_candidates(info, _whole_nodes(nodes, c.keep_nodes), keep=None)
-        edges = attribute_edges(
-            model, pairs, c.metric, c.edge_method, cands, c.batch_size,
-            progress=stages("attribute edges", n),
-        )  # fmt: skip
+    graph_attrs = {
+        **model_attrs(info), **dict(attrs or {}), "metric": c.metric,
+        "node_method": c.node_method, "edge_method": c.edge_method, "n_pairs": n,
+        "config": asdict(c),
+    }  # fmt: skip
+    rule = _rule(model, pairs, measured.gap, c, stages)
+    tries: list[tuple[nx.DiGraph, EdgeScores]] = []
+    keep, available = c.keep_nodes, len(_whole_nodes(nodes, len(nodes)).nodes)
+    while True:
+        with _timed(t, "edges"):
+            cands = edge_candidates(info, _whole_nodes(nodes, keep), keep=None)
+            edges = attribute_edges(
+                model, pairs, c.metric, c.edge_method, cands, c.batch_size,
+                progress=stages("attribute edges", n),
+            )  # fmt: skip
+        with _timed(t, "circuit"):
+            circuit = build_circuit(
+                edges, nodes, **rule, verified_nodes=_verified(verification),
+                attrs={**graph_attrs, "keep_nodes": min(keep, available)},
+            )  # fmt: skip
+        tries.append((circuit, edges))
+        if not _should_grow(circuit, keep, available, len(tries), c):
+            break
+        keep *= 2  # the kept nodes' edges cannot reach the target: widen the candidates
+    circuit, edges = max(tries, key=lambda ce: _reach(ce[0]))
+    if len(tries) > 1:
+        circuit.graph["node_growth"] = [
+            {"keep_nodes": g.graph["keep_nodes"], **{k: g.graph["search"][k] for k in
+             ("reached", "n_edges", "faithfulness")}} for g, _ in tries
+        ]  # fmt: skip
     with _timed(t, "circuit"):
-        graph_attrs = {
-            **model_attrs(info), **dict(attrs or {}), "metric": c.metric,
-            "node_method": c.node_method, "edge_method": c.edge_method, "n_pairs": n,
-            "config": asdict(c),
-        }  # fmt: skip
-        circuit = build_circuit(
-            edges, nodes, top_n=c.edge_top_n, threshold=c.edge_threshold, greedy=c.edge_greedy,
-            verified_nodes=_verified(verification), attrs=graph_attrs,
-        )  # fmt: skip
         kept = circuit_edges(circuit)
-        _add_exact_edges(model, pairs, circuit, kept, c, stages)
+        checked = _add_exact_edges(model, pairs, circuit, edges, kept, c, stages)
     with _timed(t, "faithfulness"):
         faith = evaluate_circuit(model, pairs, kept, c.metric, c.batch_size)
         mib, curve = _curves(model, pairs, edges, circuit, c, stages)
@@ -316,7 +362,7 @@ def discover_circuit(
         metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
         metric_circuit=faith.metric_circuit,
         mib=None if mib is None else mib.to_json(), estimate_warning=estimate_warning,
-        **trust_attrs(verification, diagnosis, cost, kept, c),
+        **trust_attrs(verification, diagnosis, cost, checked, c),
     )  # fmt: skip
     return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib, cost)
 
@@ -352,7 +398,7 @@ def _curves(
     prefix and MIB's grid, and CPR/CMD on that grid (one set of shared clean/corrupt runs)."""
     sizes = [s for s in c.curve_sizes if s <= len(edges)]
     selection = circuit.graph["selection"]
-    if selection["rule"] != "greedy":  # a greedy circuit is not a prefix of the ranking
+    if selection["rule"] in ("top_n", "threshold"):  # others are not prefixes of this ranking
         sizes.append(selection["selected"])
     progress = stages("faithfulness curves", 0)
     if not c.edge_fractions:
@@ -515,16 +561,61 @@ def _add_exact_edges(
     model: Any,
     pairs: PromptPairs,
     circuit: nx.DiGraph,
+    scores: EdgeScores,
     kept: Sequence[Edge],
     c: DiscoverConfig,
     stages: Stages,
-) -> None:
-    """Verify the circuit's own edges with exact edge patching (one forward each)."""
-    if not kept:
-        return
+) -> list[Edge]:
+    """Verify the circuit's top ``verify_edges`` edges by |score| with exact edge patching
+    (one forward each); returns the edges verified."""
+    top = sorted(kept, key=lambda e: -scores[e][1])[: c.verify_edges]
+    if not top:
+        return []
     exact = patch_edges(
-        model, pairs, list(kept), c.metric, batch_size=c.batch_size,
-        progress=stages("verify circuit edges", len(pairs) * len(kept)),
+        model, pairs, top, c.metric, batch_size=c.batch_size,
+        progress=stages("verify circuit edges", len(pairs) * len(top)),
     )  # fmt: skip
-    for e in kept:
+    for e in top:
         circuit.edges[e.src.id, e.dst.id].update(exact=exact[e][0], verified=True)
+    return top
+
+
+#: how many times the kept nodes may double when their edges cannot reach the target
+_MAX_GROWTH = 3
+
+
+def _should_grow(
+    circuit: nx.DiGraph, keep: int, available: int, tried: int, c: DiscoverConfig
+) -> bool:
+    """Whether to double the kept nodes: the target was missed although every candidate
+    edge among them fit within ``max_edges``, and more nodes are there to keep."""
+    s = circuit.graph.get("search")
+    if not c.grow_nodes or s is None or s["reached"] or s["fits"] < s["n_ranked"]:
+        return False
+    return keep < available and tried <= _MAX_GROWTH
+
+
+def _reach(circuit: nx.DiGraph) -> tuple[bool, float]:
+    """How good a try is: reached the target first, then the higher F."""
+    s = circuit.graph.get("search") or {}
+    f = s.get("faithfulness")
+    return bool(s.get("reached")), -math.inf if f is None else float(f)
+
+
+def _rule(
+    model: Any, pairs: PromptPairs, gap: float, c: DiscoverConfig, stages: Stages
+) -> dict[str, Any]:
+    """``build_circuit``'s selection arguments: a fixed rule, or the faithfulness target
+    searched with exact circuit runs (edges carrying clean − corrupt first)."""
+    if c.edge_rule != "target":
+        return {"top_n": c.edge_top_n, "threshold": c.edge_threshold, "greedy": c.edge_greedy}
+    progress = stages("search the circuit", 0)
+
+    def faithfulness(circuits: Sequence[Sequence[Edge]]) -> list[float]:
+        evals = evaluate_circuits(model, pairs, circuits, c.metric, c.batch_size, progress)
+        return [ev.faithfulness for ev in evals]
+
+    return {
+        "target": c.target_faithfulness, "faithfulness": faithfulness, "max_edges": c.max_edges,
+        "rank_by": c.rank_by, "direction": -1.0 if gap > 0 else 1.0,
+    }  # fmt: skip

@@ -35,12 +35,13 @@ def report_md(
         f"- metric: `{c['metric']}` over {plural(g['n_pairs'], 'prompt pair')} (noising: "
         "corrupt values patched into the clean run)",
         f"- circuit: **{plural(g['n_nodes'], 'node')}, {plural(g['n_edges'], 'edge')}** "
-        f"({c['edge_method']} edge scores among the top {plural(c['keep_nodes'], 'node')} by "
-        f"{c['node_method']})",
+        f"({c['edge_method']} edge scores among the top "
+        f"{plural(g.get('keep_nodes', c['keep_nodes']), 'node')} by {c['node_method']})",
         f"- faithfulness F = (L_C − L_corrupt)/(L_clean − L_corrupt) = **{g['faithfulness']:.3f}** "
         f"(L_clean {g['metric_clean']:.3f}, L_corrupt {g['metric_corrupt']:.3f}, "
         f"L_circuit {g['metric_circuit']:.3f})",
     ]
+    lines.append(f"- selection: {_selection_line(g)}")
     warning = gap_warning(g["metric_clean"], g["metric_corrupt"])
     if warning:
         lines.append(f"- **{warning}**")
@@ -65,14 +66,57 @@ def report_md(
         if a.get("internal"):
             continue
         exact = a.get("exact")
+        mark = " (path completion)" if a.get("completion") else ""
         lines.append(
-            f"| `{u}->{v}` | {a['signed']:+.4g} | {'' if exact is None else f'{exact:+.4g}'} |"
+            f"| `{u}->{v}`{mark} | {a['signed']:+.4g} | "
+            f"{'' if exact is None else f'{exact:+.4g}'} |"
         )
+    if g.get("search"):
+        lines += _search_table(g["search"])
     lines += ["", "## Faithfulness by circuit size (top-n edges by |score|)", ""]
     lines += _curve_table(found)
     lines += ["", "## Timings (seconds)", ""]
     lines += [f"- {stage}: {secs:.1f}" for stage, secs in found.timings.items()]
     return "\n".join(lines) + "\n"
+
+
+def _selection_line(g: Mapping[str, Any]) -> str:
+    """How the circuit's edges were chosen, in one line (the search's own summary)."""
+    sel = g.get("selection") or {}
+    rule, value = sel.get("rule"), sel.get("value")
+    added = sel.get("completion")
+    done = f"; {plural(added, 'edge')} added to complete paths" if added else ""
+    if rule == "target":
+        grown = g.get("node_growth") or []
+        tried = (
+            " The kept nodes were doubled while all their edges missed the target: "
+            + ", ".join(f"{x['keep_nodes']} nodes F = {_f(x['faithfulness'])}" for x in grown)
+            + "."
+            if grown
+            else ""
+        )
+        ranked = g.get("ranked_by", "signed")
+        return f"{g['search']['summary']} Ranked by {ranked} score{done}.{tried}"
+    what = {"top_n": f"the top {value} edges by |score|",
+            "threshold": f"every edge with |score| >= {value}",
+            "greedy": f"{value} edges grown greedily from the logits"}.get(str(rule), str(rule))  # fmt: skip
+    return f"{what}, kept where on an input -> logits path{done}"
+
+
+def _search_table(search: Mapping[str, Any]) -> list[str]:
+    """Every circuit the target search evaluated: the F-versus-size curve it saw."""
+    lines = [
+        "",
+        f"## The target search (faithfulness >= {search['target']:g}, at most "
+        f"{search['max_edges']} edges)",
+        "",
+        "| ranked edges | circuit edges | F |",
+        "|---:|---:|---:|",
+    ]
+    for k, n, f in sorted(search["evaluations"]):
+        chosen = " **(chosen)**" if k == search["prefix"] else ""
+        lines.append(f"| {k} | {n} | {f:.3f}{chosen} |")
+    return lines
 
 
 def _trust_section(found: Any) -> list[str]:
@@ -201,17 +245,20 @@ def faithfulness_png(
     *,
     mib: Mapping[str, Any] | None = None,
     circuit_size: int | None = None,
+    search: Mapping[str, Any] | None = None,
     title: str | None = None,
 ) -> bytes:
     """The faithfulness curve as a PNG (matplotlib, no global pyplot state).
 
-    ``curve`` holds (edges, F) points of the ranking by |score|; ``mib`` (``MIBScores.to_json()``)
-    adds the curve of the ranking by signed contribution and CPR/CMD; ``circuit_size`` marks
-    the circuit. Sizes run on a log axis, so the empty circuit (F = 0) is left out.
+        ``curve`` holds (edges, F) points of the ranking by |score|; ``mib`` (``MIBScores.to_json()``)
+        adds the curve of the ranking by signed contribution and CPR/CMD; ``circuit_size`` marks
+        the circuit; ``search`` (the circuit's ``search`` attribute) adds the circuits the target search
+    evaluated, its target and the one it chose. Sizes run on a log axis, so the empty circuit
+    (F = 0) is left out.
 
-    Example:
-        >>> faithfulness_png([(1, 0.2), (10, 0.7), (100, 1.0)], circuit_size=10)[:4]
-        b'\\x89PNG'
+        Example:
+            >>> faithfulness_png([(1, 0.2), (10, 0.7), (100, 1.0)], circuit_size=10)[:4]
+            b'\\x89PNG'
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -228,6 +275,8 @@ def faithfulness_png(
         if signed:
             ax.plot(*zip(*signed, strict=True), "s--", color="#d07020", lw=1.5, ms=4,
                     label="top edges by signed contribution (CPR)")  # fmt: skip
+    if search:
+        _search_points(ax, search)
     for y in (0.0, 1.0):
         ax.axhline(y, color="#888888", lw=0.8, ls=":")
     if circuit_size:
@@ -247,3 +296,22 @@ def faithfulness_png(
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _search_points(ax: Any, search: Mapping[str, Any]) -> None:
+    """The target search's evaluations (completed prefixes of its ranking), the target line
+    and the chosen circuit."""
+    pts = sorted(
+        (int(n), float(f)) for _, n, f in search["evaluations"] if n > 0 and math.isfinite(f)
+    )
+    if pts:
+        ax.plot(*zip(*pts, strict=True), "^:", color="#2a9d4a", lw=1, ms=5,
+                label="circuits the target search evaluated")  # fmt: skip
+    ax.axhline(search["target"], color="#2a9d4a", lw=0.8, ls="--")
+    if search.get("n_edges") and search.get("faithfulness") is not None:
+        ax.plot([search["n_edges"]], [search["faithfulness"]], "*", color="#d03030", ms=14,
+                label=f"this circuit: {plural(int(search['n_edges']), 'edge')}")  # fmt: skip
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

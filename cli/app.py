@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from circuitgraph.errors import ConfigError, ToolMissingError
+from circuitgraph.search import DEFAULT_MAX_EDGES, DEFAULT_TARGET
 from circuitgraph.text import plural
 
 from . import common, guard
@@ -260,16 +261,47 @@ def discover(
         int | None,
         typer.Option(min=0, help="One fixed draw of this many subsets (0: no bound).", hidden=True),
     ] = None,
+    target_faithfulness: Annotated[
+        float | None,
+        typer.Option(
+            callback=_positive,
+            help="Default rule: the smallest circuit of complete input -> logits paths whose "
+            "faithfulness reaches this (default 0.8), searched along the edge ranking.",
+        ),
+    ] = None,
+    max_edges: Annotated[
+        int, typer.Option(min=1, help="With the target: the most edges the circuit may have.")
+    ] = DEFAULT_MAX_EDGES,
+    rank_by: Annotated[
+        str,
+        typer.Option(
+            help="With the target: signed (edges that carry clean - corrupt first) or score "
+            "(|score|)."
+        ),
+    ] = "signed",
+    grow_nodes: Annotated[
+        bool,
+        typer.Option(
+            help="With the target: double --keep-nodes (up to 3 times) while all edges among "
+            "the kept nodes miss it."
+        ),
+    ] = True,
     edge_top_n: Annotated[
-        int | None, typer.Option(min=1, help="Keep the n highest-scoring edges.")
+        int | None, typer.Option(min=1, help="Instead of the target: the n highest |score| edges.")
     ] = None,
     edge_threshold: Annotated[
         float | None,
-        typer.Option(callback=_threshold, help="Keep edges with |score| >= this."),
+        typer.Option(
+            callback=_threshold, help="Instead of the target: edges with |score| >= this."
+        ),
     ] = None,
     greedy: Annotated[
-        int | None, typer.Option(min=1, help="Grow n edges from the logits backwards.")
+        int | None,
+        typer.Option(min=1, help="Instead of the target: grow n edges from the logits backwards."),
     ] = None,
+    verify_edges: Annotated[
+        int, typer.Option(min=0, help="Verify the circuit's top this many edges exactly (0: none).")
+    ] = 100,
     fractions: EdgeFractions = None,
     out: Out = Path("circuitgraph-out"),
     quiet: Quiet = False,
@@ -284,8 +316,15 @@ def discover(
     show = Output(quiet, json)
     with user_errors():
         common.check_names(metric, node_method, edge_method)
-        if edge_top_n is None and edge_threshold is None and greedy is None:
-            edge_top_n = 20
+        fixed = [n for n, v in (("--edge-top-n", edge_top_n), ("--edge-threshold",
+                 edge_threshold), ("--greedy", greedy)) if v is not None]  # fmt: skip
+        if len(fixed) > 1 or (fixed and target_faithfulness is not None):
+            given = fixed + (["--target-faithfulness"] if target_faithfulness is not None else [])
+            raise typer.BadParameter(
+                f"expected one edge selection but got {', '.join(given)}; pass one of them"
+            )
+        if rank_by not in ("signed", "score"):
+            raise typer.BadParameter(f"expected --rank-by signed or score but got {rank_by!r}")
         if verify is not None and verify_k is not None:
             raise typer.BadParameter(
                 f"expected --verify or its older form --verify-k but got both ({verify}, "
@@ -298,8 +337,10 @@ def discover(
             verify=rule, verify_top_k=verify_top_k, min_effect=min_effect,
             bound_target=bound_target, budget=budget, diagnose_subsets=diagnose_subsets,
             keep_nodes=keep_nodes,
-            edge_method=edge_method, edge_top_n=edge_top_n, edge_threshold=edge_threshold,
-            edge_greedy=greedy, edge_fractions=common.edge_fractions(fractions),
+            edge_method=edge_method, target_faithfulness=target_faithfulness or DEFAULT_TARGET,
+            max_edges=max_edges, rank_by=rank_by, grow_nodes=grow_nodes, edge_top_n=edge_top_n,
+            edge_threshold=edge_threshold, edge_greedy=greedy, verify_edges=verify_edges,
+            edge_fractions=common.edge_fractions(fractions),
             batch_size=batch_size, seed=seed,
         )  # fmt: skip
         folder = out_dir(out)
@@ -321,13 +362,16 @@ def discover(
             "diagnostic_relative_bound": g["diagnostic_relative_bound"],
             "verified_nodes": len(trust["nodes"]), "verified_edges": len(trust["edges"]),
             "passes": trust["cost"], "cpr": mib and mib["cpr"], "cmd": mib and mib["cmd"],
+            "search": g.get("search"),
         }  # fmt: skip
+        search = g.get("search")
         warning = gap_warning(g["metric_clean"], g["metric_corrupt"])
         show.result(
             summary,
             f"circuit: {plural(g['n_nodes'], 'node')}, {plural(g['n_edges'], 'edge')}, "
             f"faithfulness {g['faithfulness']:.3f} ({metric})"
             + (f", CPR {mib['cpr']:.3f}, CMD {mib['cmd']:.3f}" if mib else "")
+            + (f"\n{search['summary']}" if search else "")
             + f"\n{_trust_line(g)}"
             + (f"\n{warning}" if warning else "")
             + (f"\nwarning: {g['estimate_warning']}" if g.get("estimate_warning") else "")
@@ -387,7 +431,10 @@ def _write_discovery(
         ),
         "faithfulness.png": faithfulness_png(
             found.curve, mib=g.get("mib"), title=title,
-            circuit_size=selection["selected"] if selection["rule"] != "greedy" else None,
+            circuit_size=selection["selected"]
+            if selection["rule"] in ("top_n", "threshold")
+            else None,
+            search=g.get("search"),
         ),
         "nodes.csv": common.node_csv(found.node_scores, exact),
         "edges.csv": common.edge_csv(found.edge_scores, in_circuit),
@@ -1035,6 +1082,7 @@ def bench(
             )
         folder = out_dir(out)
         results = run_bench(config, say=lambda line: typer.echo(line, err=True))
+        circuits = _real_circuits(results)
         write(folder / "bench.json", dumps(results))
         typer.echo(table(results))
         try:
@@ -1044,7 +1092,44 @@ def bench(
             pictures = {}
         for name, data in pictures.items():
             write(folder / name, data)
-        typer.echo(f"-> {folder}/ (bench.json{''.join(', ' + n for n in pictures)})")
+        drawn = _write_real_circuits(folder, circuits, results)
+        typer.echo(f"-> {folder}/ (bench.json{''.join(', ' + n for n in [*pictures, *drawn])})")
+
+
+def _real_circuits(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The default circuits of ``bench --real``, taken out of the results (bench.json keeps
+    their numbers; each circuit is written as a file of its own)."""
+    tasks = results.get("real", {}).get("tasks", {})
+    return {t: r["circuit"].pop("graph") for t, r in tasks.items() if "graph" in r["circuit"]}
+
+
+def _write_real_circuits(
+    folder: Path, circuits: dict[str, dict[str, Any]], results: dict[str, Any]
+) -> list[str]:
+    """circuit-TASK.json, its faithfulness picture and, where ``dot`` is installed, its PNG."""
+    from circuitgraph import export
+    from circuitgraph.report import faithfulness_png
+
+    names: list[str] = []
+    for task, doc in circuits.items():
+        G = export.from_json(doc)
+        c = results["real"]["tasks"][task]["circuit"]
+        files: dict[str, str | bytes] = {
+            f"circuit-{task}.json": dumps(doc),
+            f"faithfulness-{task}.png": faithfulness_png(
+                c["curve"], mib=c.get("mib"), search=G.graph.get("search"),
+                title=f"{task} · {results['real']['model']}",
+            ),
+        }  # fmt: skip
+        for name, data in files.items():
+            write(folder / name, data)
+            names.append(name)
+        try:
+            export.render(G, folder / f"circuit-{task}.png", format="png")
+            names.append(f"circuit-{task}.png")
+        except ToolMissingError as err:
+            typer.echo(f"note: {err}", err=True)
+    return names
 
 
 def main() -> None:

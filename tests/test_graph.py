@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from circuitgraph.errors import ConfigError
-from circuitgraph.graph import build_circuit, circuit_from_edges, model_attrs, node_attributes
+from circuitgraph.graph import (
+    build_circuit,
+    circuit_edges,
+    circuit_from_edges,
+    model_attrs,
+    node_attributes,
+)
 from circuitgraph.model import ModelInfo
 from circuitgraph.nodes import Edge, Node
 from circuitgraph.scores import EdgeScores, NodeScores
@@ -92,7 +98,7 @@ def test_top_n_takes_the_highest_absolute_scores_and_drops_off_path_edges():
     assert internal(G) == {"a0.h0<q>->a0.h0", "a1.h0<k>->a1.h0"}
     assert "m0" not in G
     assert G.graph["selection"] == {
-        "rule": "top_n", "value": 4, "selected": 4, "dropped_off_path": 1,
+        "rule": "top_n", "value": 4, "selected": 4, "completion": 0, "dropped_off_path": 1,
     }  # fmt: skip
     assert G.graph["n_edges"] == 3 and G.graph["n_nodes"] == 6
     assert list(G.nodes) == ["input", "a0.h0<q>", "a0.h0", "a1.h0<k>", "a1.h0", "logits"]
@@ -148,7 +154,7 @@ def test_every_node_lies_on_an_input_to_logits_path(n):
 
 def test_selection_argument_errors():
     es = scores_from(TABLE)
-    with pytest.raises(ConfigError, match="exactly one of top_n, threshold or greedy"):
+    with pytest.raises(ConfigError, match="exactly one of top_n, threshold, greedy or target"):
         build_circuit(es)
     with pytest.raises(ConfigError, match=r"top_n=3, threshold=0\.5"):
         build_circuit(es, top_n=3, threshold=0.5)
@@ -303,3 +309,106 @@ def test_path_growth_with_grouped_kv_positions_and_neurons():
         assert {n for n, at in node_at.items() if at <= k} == set(G.nodes), k
     # k@0 feeds head 1 (same KV group) at the later position 1: on a path once h1@1 -> logits is in
     assert edge_at[("a0.kv0<k>@0", "a0.h1@1")] == 3 and edge_at[("m0.n3@1", "logits@1")] == 4
+
+
+# --------------------------------------------------------------------------------------
+# Path completion and the faithfulness target
+# --------------------------------------------------------------------------------------
+
+
+def test_completion_keeps_a_strong_logits_edge_and_adds_its_widest_input_path():
+    es = scores_from(TABLE)
+    plain = build_circuit(es, top_n=4)
+    assert "m0->logits" not in scored(plain)  # dropped: nothing reaches m0
+    G = build_circuit(es, top_n=4, complete=True)
+    # input -> m0 directly has |score| 0.05; via a0.h0 (5.0, then a0.h0->m0 0.3) the weakest
+    # link is 0.3: the widest path, of which only a0.h0->m0 is new
+    assert scored(G) == scored(plain) | {"m0->logits", "a0.h0->m0"}
+    assert G.edges["a0.h0", "m0"]["completion"] is True
+    assert "completion" not in G.edges["m0", "logits"]
+    assert G.graph["selection"]["completion"] == 1
+    assert G.graph["selection"]["dropped_off_path"] == 0
+
+
+def test_completion_adds_the_path_to_the_logits_of_a_dead_end():
+    es = scores_from({"input->a0.h0<q>": 5.0, "a0.h0->a1.h0<k>": 2.0, "a1.h0->logits": 0.1,
+                      "a0.h0->logits": 0.2, "input->logits": 1.0})  # fmt: skip
+    G = build_circuit(es, top_n=2, complete=True)
+    # a1.h0<k> has no way on among the two chosen; a1.h0 -> logits (0.1) completes it
+    assert scored(G) == {"input->a0.h0<q>", "a0.h0->a1.h0<k>", "a1.h0->logits"}
+    assert G.edges["a1.h0", "logits"]["completion"] is True
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_with_completion_no_selected_edge_is_dropped(seed):
+    es = full_scores(seed=seed)
+    for n in (1, 3, 10, 30):
+        G = build_circuit(es, top_n=n, complete=True)
+        assert scored(G) >= {e.id for e in es.ranking()[:n]}
+        assert G.graph["selection"]["dropped_off_path"] == 0
+        for node in G:
+            assert node == "input" or nx.has_path(G, "input", node)
+            assert node == "logits" or nx.has_path(G, node, "logits")
+
+
+def contribution(es: EdgeScores):
+    """A stand-in for exact circuit runs: F = the circuit's share of Σ signed (additive)."""
+    total = float(es.signed[es.valid].sum())
+
+    def faithfulness(circuits):
+        return [sum(es[e][0] for e in c) / total for c in circuits]
+
+    return faithfulness
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_target_picks_the_smallest_prefix_whose_circuit_reaches_it(seed):
+    es = full_scores(seed=seed)
+    f = contribution(es)
+    G = build_circuit(es, target=0.8, faithfulness=f, max_edges=500)
+    search = G.graph["search"]
+    kept = circuit_edges(G)
+    assert search["reached"] and f([kept])[0] == pytest.approx(search["faithfulness"])
+    assert search["n_edges"] == G.graph["n_edges"] == len(kept)
+    assert G.graph["selection"]["rule"] == "target" and G.graph["ranked_by"] == "signed"
+    # one prefix fewer does not reach the target (F rises along the signed ranking here, as
+    # every edge adds a share of the same sign first)
+    k = search["prefix"]
+    evaluated = {p: fx for p, _, fx in search["evaluations"]}
+    assert k == 1 or evaluated.get(k - 1, 0.0) < 0.8
+    assert len(search["evaluations"]) <= 2 * len(es.ranking()).bit_length() + 1
+
+
+def test_the_signed_ranking_puts_edges_against_the_behaviour_last():
+    es = scores_from({"input->logits": 1.0, "input->a0.h0<q>": -3.0, "a0.h0->logits": -2.0,
+                      "input->a0.h1<q>": 0.5, "a0.h1->logits": 2.5})  # fmt: skip
+    seen = []
+
+    def f(circuits):
+        seen.extend(sorted(e.id for e in c) for c in circuits)
+        return [0.5] * len(circuits)
+
+    def first(**how):
+        seen.clear()
+        build_circuit(es, target=0.9, faithfulness=f, **how)
+        return seen[0]  # the one-edge prefix, completed into a path
+
+    assert first(direction=1.0) == ["a0.h1->logits", "input->a0.h1<q>"]  # +2.5 first
+    assert first(direction=-1.0) == ["a0.h0->logits", "input->a0.h0<q>"]  # -3.0 first
+    assert first() == first(direction=-1.0)  # Σ signed = -1: the behaviour lowers L
+    assert first(rank_by="score") == ["a0.h0->logits", "input->a0.h0<q>"]  # |−3.0| first
+
+
+def test_an_unreached_target_keeps_the_best_circuit_and_says_so():
+    es = full_scores(seed=1)
+    G = build_circuit(es, target=100.0, faithfulness=contribution(es), max_edges=20)
+    s = G.graph["search"]
+    assert not s["reached"] and 0 < G.graph["n_edges"] <= 20
+    assert s["summary"].startswith("No circuit of at most 20 edges reached faithfulness >= 100")
+
+
+def test_the_target_needs_a_faithfulness_function():
+    with pytest.raises(ConfigError, match="faithfulness="):
+        build_circuit(scores_from(TABLE), target=0.8)
+    with pytest.raises(ConfigError, match="rank_by"):
+        build_circuit(scores_from(TABLE), target=0.8, faithfulness=lambda c: [1.0], rank_by="x")

@@ -117,19 +117,25 @@ def _edges(model: Any, pairs: Any, info: Any, keep_nodes: int, say: Say) -> dict
 
 
 def _circuit(model: Any, pairs: Any, say: Say) -> dict[str, Any]:
-    """The default ``discover`` run: its size, faithfulness and time."""
+    """The default ``discover`` run: its size, faithfulness, target search and time; the
+    circuit itself under ``graph`` (our JSON, for the caller to write and draw)."""
+    from circuitgraph.export import to_json
     from circuitgraph.pipeline import discover
 
     found, t = _timed(lambda: discover(model, pairs))
-    g = found.circuit
+    g = found.circuit.graph
+    search = g.get("search") or {}
     out = {
-        "edges": g.number_of_edges(), "nodes": g.number_of_nodes(),
+        "edges": g["n_edges"], "nodes": g["n_nodes"], "keep_nodes": g.get("keep_nodes"),
         "faithfulness": found.faithfulness.faithfulness, "curve": [list(p) for p in found.curve],
-        "selection": dict(g.graph.get("selection", {})), **t,
+        "selection": dict(g.get("selection", {})), "target": search.get("target"),
+        "reached": search.get("reached"), "search": search.get("evaluations"),
+        "mib": g.get("mib"), "graph": to_json(found.circuit), **t,
     }  # fmt: skip
     say(
         f"  discover (defaults): {out['edges']} edges, {out['nodes']} nodes, "
         f"F = {out['faithfulness']:.3f} ({t['wall_s']:.0f} s)"
+        + (f"; {search['summary']}" if search else "")
     )
     return out
 

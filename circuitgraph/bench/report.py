@@ -126,16 +126,22 @@ def real_table(real: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "| task | candidate edges | EAP Spearman | EAP top-20 | EAP-IG Spearman | EAP-IG top-20 "
-        "| circuit edges | F | discover s | exact sweep s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| circuit edges | nodes kept | F | target reached | discover s | exact sweep s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, r in real["tasks"].items():
         e, c = r["edges"], r["circuit"]
         sweep = r["exact_heads"]["wall_s"] + r.get("neurons", {}).get("exact", {}).get("wall_s", 0)
+        reached = (
+            ""
+            if c.get("target") is None
+            else f"{'yes' if c['reached'] else 'no'} (F >= {c['target']:g})"
+        )
         lines.append(
             f"| {task} | {e['edges']} | {e['eap']['spearman']:.3f} | {e['eap']['top20']}/20 | "
             f"{e['eap-ig']['spearman']:.3f} | {e['eap-ig']['top20']}/20 | {c['edges']} | "
-            f"{c['faithfulness']:.3f} | {c['wall_s']:.0f} | {sweep:.0f} |"
+            f"{c.get('keep_nodes', '')} | {c['faithfulness']:.3f} | {reached} | "
+            f"{c['wall_s']:.0f} | {sweep:.0f} |"
         )
     return lines
 

@@ -20,6 +20,7 @@ from circuitgraph.bench.recall import (
 from circuitgraph.bench.speed import fit_linear
 from circuitgraph.cli.app import app
 from circuitgraph.errors import ConfigError
+from circuitgraph.export import read_json
 from circuitgraph.nodes import Node
 from circuitgraph.scores import NodeScores
 
@@ -186,7 +187,12 @@ def test_bench_real_measures_the_screen_against_exact_patching_on_any_model(tmp_
             # the method's own passes (a few) plus 10..n nodes verified in its order
             assert 10 < row["cost"] <= n + 50
     assert ioi["edges"]["edges"] > 0 and -1 <= ioi["edges"]["eap"]["spearman"] <= 1
-    assert ioi["circuit"]["edges"] > 0 and math.isfinite(ioi["circuit"]["faithfulness"])
+    c = ioi["circuit"]
+    assert c["edges"] > 0 and math.isfinite(c["faithfulness"]) and c["target"] == 0.8
+    assert "graph" not in c and c["search"]  # the circuit is a file of its own
     assert (
         "real model zoo:gpt2-4l" in result.output and "| ioi | head/q/k/v | 64 |" in result.output
     )
+    G = read_json(tmp_path / "circuit-ioi.json")
+    assert G.graph["n_edges"] == c["edges"] and G.graph["search"]["evaluations"] == c["search"]
+    assert (tmp_path / "faithfulness-ioi.png").read_bytes()[:4] == b"\x89PNG"

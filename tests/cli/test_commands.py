@@ -98,6 +98,28 @@ def test_discover_writes_every_file(discovered):
     assert manifest["config"]["bos"] is True and g.graph["bos"] is True  # the tokenizer's way
 
 
+def test_discover_searches_for_the_target_by_default(discovered):
+    g = read_json(discovered / "circuit.json")
+    s = g.graph["search"]
+    assert g.graph["selection"]["rule"] == "target" and s["target"] == 0.8
+    assert s["n_edges"] == g.graph["n_edges"] <= s["max_edges"] == 1000
+    completed = [d for *_, d in g.edges(data=True) if d.get("completion")]
+    assert len(completed) == g.graph["selection"]["completion"]
+    report = (discovered / "report.md").read_text()
+    assert s["summary"] in report and "## The target search (faithfulness >= 0.8" in report
+
+
+def test_an_unreachable_target_is_said_on_the_terminal(gpt2_dir, data, tmp_path):
+    args = ["discover", "--model", gpt2_dir, "--data", str(data), "--out", str(tmp_path), *SMALL]
+    extra = ["--target-faithfulness", "40", "--max-edges", "3", "--no-grow-nodes",
+             "--edge-fractions", "none"]  # fmt: skip
+    result = runner.invoke(app, [*args, *extra])
+    assert result.exit_code == 0, _text(result)
+    assert "No circuit of at most 3 edges reached faithfulness >= 40" in result.stdout
+    g = read_json(tmp_path / "circuit.json")
+    assert 0 < g.graph["n_edges"] <= 3 and not g.graph["search"]["reached"]
+
+
 def test_dot_has_one_node_per_circuit_node_and_ranks_per_layer(discovered):
     g = read_json(discovered / "circuit.json")
     dot = (discovered / "circuit.dot").read_text()

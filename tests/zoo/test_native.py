@@ -55,7 +55,9 @@ def test_bridge_computes_the_saved_weights(attn_only):
     bare.load_state_dict(load_file(str(path / WEIGHTS)))
     tokens = make_pairs("induction", model.tokenizer, 4, seed=1).clean
     with torch.no_grad():
-        torch.testing.assert_close(model(tokens), bare.eval()(tokens), rtol=1e-5, atol=1e-5)
+        # the bridge computes the same sums in another order: float32 rounding, which depends
+        # on the CPU's kernels (1.2e-5 on an Intel Xeon, under 1e-5 on an AMD EPYC)
+        torch.testing.assert_close(model(tokens), bare.eval()(tokens), rtol=1e-4, atol=1e-4)
 
 
 def test_mismatched_weights_are_refused(tmp_path):
