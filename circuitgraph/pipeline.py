@@ -326,7 +326,6 @@ def discover_circuit(
         "node_method": c.node_method, "edge_method": c.edge_method, "n_pairs": n,
         "config": asdict(c),
     }  # fmt: skip
-    rule = _rule(model, pairs, measured.gap, c, stages)
     tries: list[tuple[nx.DiGraph, EdgeScores]] = []
     keep, available = c.keep_nodes, len(_whole_nodes(nodes, len(nodes)).nodes)
     while True:
@@ -338,7 +337,8 @@ def discover_circuit(
             )  # fmt: skip
         with _timed(t, "circuit"):
             circuit = build_circuit(
-                edges, nodes, **rule, verified_nodes=_verified(verification),
+                edges, nodes, **_rule(model, pairs, measured.gap, c, stages),
+                verified_nodes=_verified(verification),
                 attrs={**graph_attrs, "keep_nodes": min(keep, available)},
             )  # fmt: skip
         tries.append((circuit, edges))

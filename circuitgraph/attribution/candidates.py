@@ -63,8 +63,10 @@ def edge_candidates(
     """Edges among the nodes kept by screening (all edges when no scores are given).
 
     The top ``keep`` nodes by ``node_scores`` are kept. A kept head (``a3.h5``) is a source
-    and its q/k/v inputs are targets; a kept q/k/v node is a target; a kept MLP is both.
-    ``input`` and ``logits`` are always kept.
+    and its q/k/v inputs are targets; a kept q/k/v input is a target and makes its head a
+    source too (a grouped ``a3.kv1<k>`` every head of its group), since what enters a head's
+    input reaches the logits only through that head's output; a kept MLP is both. ``input`` and ``logits``
+    are always kept.
 
     Example:
         >>> cands = edge_candidates(info, atp_star_scores, keep=20)  # doctest: +SKIP
@@ -80,12 +82,23 @@ def edge_candidates(
             "edge candidates need whole-node scores, but got per-position nodes; screen "
             "with per_position=False before attributing edges"
         )
-    heads = {(n.layer, n.index) for n in kept if n.kind == "head"}
+    heads: set[tuple[int, int | None]] = {(n.layer, n.index) for n in kept if n.kind == "head"}
+    fed = {(n.layer, h) for n in kept for h in _heads_of(n, info)}  # heads whose input is kept
     mlps = {n.layer for n in kept if n.kind == "mlp"}
     qkv = {n for n in kept if n.kind in ("q", "k", "v")}
-    sources = [s for s in full_s if s.kind == "input" or _kept_source(s, heads, mlps)]
+    sources = [s for s in full_s if s.kind == "input" or _kept_source(s, heads | fed, mlps)]
     targets = [t for t in full_t if t.kind == "logits" or _kept_target(t, heads, mlps, qkv, info)]
     return EdgeSet.between(sources, targets, info.parallel_blocks)
+
+
+def _heads_of(n: Node, info: ModelInfo) -> range:
+    """The query heads whose output a kept node is or feeds (none for other kinds)."""
+    if n.kind not in ("head", "q", "k", "v") or n.index is None:
+        return range(0)
+    if n.kind != "head" and n.grouped:
+        r = info.heads_per_kv or 1
+        return range(n.index * r, (n.index + 1) * r)
+    return range(n.index, n.index + 1)
 
 
 def _kept_source(s: Node, heads: set[tuple[int, int | None]], mlps: set[int]) -> bool:

@@ -212,11 +212,17 @@ def test_candidates_from_node_scores(tiny_llama):
     kept = (Node("head", 0, 1), Node("head", 1, 2), Node("mlp", 0), Node("q", 1, 0))
     scores = NodeScores(kept, torch.ones(4), torch.ones(4), "atp*", "logit_diff", 1)
     c = edge_candidates(info, scores)
-    assert [n.id for n in c.sources] == ["input", "a0.h1", "m0", "a1.h2"]
+    # a kept q input makes its head a source: a1.h0<q> reaches the logits only through a1.h0
+    assert [n.id for n in c.sources] == ["input", "a0.h1", "m0", "a1.h0", "a1.h2"]
     # a1.h2 is in KV group 1 (2 query heads per KV head); a1.h0<q> was kept by itself
     assert [n.id for n in c.targets] == [
         "a0.h1<q>", "a0.kv0<k>", "a0.kv0<v>", "m0", "a1.h0<q>", "a1.h2<q>", "a1.kv1<k>", "a1.kv1<v>", "logits",
     ]  # fmt: skip
+    kv = NodeScores(
+        (Node("k", 1, 1, grouped=True),), torch.ones(1), torch.ones(1), "atp*", "logit_diff", 1
+    )
+    # a kept grouped key input keeps every query head of its group
+    assert [n.id for n in edge_candidates(info, kv).sources] == ["input", "a1.h2", "a1.h3"]
     assert not c.valid[c.sources.index(Node("head", 1, 2)), c.targets.index(Node("q", 1, 0))]
 
 
