@@ -140,26 +140,15 @@ def build_circuit(
     graph_attrs = {**_plain(dict(attrs or {}), "attrs"), **_score_attrs(edge_scores, node_scores)}
     hpk = _heads_per_kv(graph_attrs, edge_scores.meta)
     pool = _Pool(rows, hpk) if complete or rule == "target" else None
-    added: list[_Row] = []
     if rule == "target":
-        if faithfulness is None:
-            raise ConfigError(
-                "expected faithfulness=, a function from circuits (lists of edges) to their "
-                "faithfulness, with target=; e.g. the F of evaluate_circuits on your pairs"
-            )
         assert pool is not None
         ranked = _ranked(rows, rank_by, direction)
-        found = _search(ranked, pool, faithfulness, float(value), max_edges)
-        chosen, added = pool.complete(ranked[: found.prefix])
+        found = _search(ranked, pool, _needed(faithfulness), float(value), max_edges)
+        chosen = ranked[: found.prefix]
         graph_attrs.update(ranked_by=rank_by, search=found.to_json())
-    elif rule == "top_n":
-        chosen = rows[: int(value)]
-    elif rule == "threshold":
-        chosen = [r for r in rows if r.score >= value]
     else:
-        chosen = _greedy(rows, int(value), hpk)
-    if pool is not None and rule != "target":
-        chosen, added = pool.complete(chosen)
+        chosen = _fixed(rule, value, rows, hpk)
+    chosen, added = pool.complete(chosen) if pool is not None else (list(chosen), [])
     graph_attrs["selection"] = {
         "rule": rule, "value": value, "selected": len(chosen), "completion": len(added),
     }  # fmt: skip
@@ -167,7 +156,7 @@ def build_circuit(
     edges = {
         r.edge: edge_attributes(r.edge, r.signed, r.score, verified.get(r.edge)) for r in chosen
     }
-    for r in added:
+    for r in added:  # widest-path edges that complete a chosen edge's path
         edges[r.edge] = {**edge_attributes(r.edge, r.signed, r.score, verified.get(r.edge)),
                          "completion": True}  # fmt: skip
     G = circuit_from_edges(
@@ -407,6 +396,24 @@ def _selection(top_n: Any, threshold: Any, greedy: Any, target: Any) -> tuple[st
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"expected a whole number >= 0 for {rule} but got {value!r}")
     return rule, value
+
+
+def _fixed(rule: str, value: Any, rows: list[_Row], hpk: int | None) -> list[_Row]:
+    """The edges a fixed rule selects (``top_n``, ``threshold`` or ``greedy``)."""
+    if rule == "top_n":
+        return rows[: int(value)]
+    if rule == "threshold":
+        return [r for r in rows if r.score >= value]
+    return _greedy(rows, int(value), hpk)
+
+
+def _needed(faithfulness: Faithfulness | None) -> Faithfulness:
+    if faithfulness is None:
+        raise ConfigError(
+            "expected faithfulness=, a function from circuits (lists of edges) to their "
+            "faithfulness, with target=; e.g. the F of evaluate_circuits on your pairs"
+        )
+    return faithfulness
 
 
 def _rows(es: EdgeScores) -> list[_Row]:

@@ -1106,16 +1106,18 @@ def _real_circuits(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _write_real_circuits(
     folder: Path, circuits: dict[str, dict[str, Any]], results: dict[str, Any]
 ) -> list[str]:
-    """circuit-TASK.json, its faithfulness picture and, where ``dot`` is installed, its PNG."""
+    """circuit-TASK.json, its faithfulness picture and, where ``dot`` is installed, its SVG
+    (a PNG of a 200-edge circuit is megabytes)."""
     from circuitgraph import export
     from circuitgraph.report import faithfulness_png
 
     names: list[str] = []
     for task, doc in circuits.items():
         G = export.from_json(doc)
+        G.graph.update(model=results["real"]["model"], task=task)  # not the cache's path
         c = results["real"]["tasks"][task]["circuit"]
         files: dict[str, str | bytes] = {
-            f"circuit-{task}.json": dumps(doc),
+            f"circuit-{task}.json": dumps(export.to_json(G)),
             f"faithfulness-{task}.png": faithfulness_png(
                 c["curve"], mib=c.get("mib"), search=G.graph.get("search"),
                 title=f"{task} · {results['real']['model']}",
@@ -1125,8 +1127,8 @@ def _write_real_circuits(
             write(folder / name, data)
             names.append(name)
         try:
-            export.render(G, folder / f"circuit-{task}.png", format="png")
-            names.append(f"circuit-{task}.png")
+            export.render(G, folder / f"circuit-{task}.svg", format="svg")
+            names.append(f"circuit-{task}.svg")
         except ToolMissingError as err:
             typer.echo(f"note: {err}", err=True)
     return names

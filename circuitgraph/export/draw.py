@@ -221,6 +221,8 @@ def _edge_style(u: str, v: str, d: Mapping[str, Any], top: float) -> dict[str, s
     width = 0.6 + 5.4 * (score / top if top > 0 else 0.0)
     color = _NEGATIVE if float(d.get("signed", 0.0)) < 0 else _POSITIVE
     tip = [f"{u}->{v}"] + [f"{k}={d[k]:.4g}" for k in ("signed", "score", "exact") if k in d]
+    if d.get("completion"):
+        tip.append("(added to complete a path)")
     out = {"color": color, "penwidth": f"{width:.2f}", "tooltip": "  ".join(tip)}
     if not _verified(d):  # an estimate only: dashed, where a verified edge is solid
         out["style"] = "dashed"

@@ -229,6 +229,12 @@ def _meta(
             "this circuit was grown greedily from the logits; the slider walks the ranking by "
             "|score|, whose prefixes differ from it"
         )
+    elif selection.get("rule") == "target":
+        warnings.append(
+            "this circuit is the smallest found reaching the faithfulness target along the "
+            "ranking by signed contribution, completed into paths; the slider walks the ranking "
+            "by |score|, whose prefixes differ from it"
+        )
     if total > n_ranked:
         warnings.append(f"the slider walks the top {n_ranked} of {total} ranked edges")
     keys = ("model", "task", "data", "metric", "edge_method", "node_method", "n_pairs")

@@ -115,6 +115,8 @@ def test_the_cap_warnings_and_the_writer():
     assert any("top 30 of" in w for w in data["meta"]["warnings"])
     greedy = build_circuit(es, greedy=10)
     assert any("greedily" in w for w in viewer_data(greedy, es)["meta"]["warnings"])
+    searched = build_circuit(es, target=0.5, faithfulness=lambda cs: [0.6] * len(cs))
+    assert any("faithfulness target" in w for w in viewer_data(searched, es)["meta"]["warnings"])
     small_gap = build_circuit(es, top_n=5, attrs={"metric_clean": 2.0, "metric_corrupt": 1.95})
     assert any("gap" in w for w in viewer_data(small_gap)["meta"]["warnings"])
     with pytest.raises(ExportError, match="max_edges"):
