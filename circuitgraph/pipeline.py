@@ -362,7 +362,7 @@ def discover_circuit(
         metric_clean=faith.metric_clean, metric_corrupt=faith.metric_corrupt,
         metric_circuit=faith.metric_circuit,
         mib=None if mib is None else mib.to_json(), estimate_warning=estimate_warning,
-        **trust_attrs(verification, diagnosis, cost, checked, c),
+        **trust_attrs(verification, diagnosis, cost, checked, c, len(kept)),
     )  # fmt: skip
     return Discovery(nodes, verification, diagnosis, edges, circuit, faith, curve, t, mib, cost)
 
@@ -499,6 +499,7 @@ def trust_attrs(
     cost: Cost,
     verified_edges: Sequence[Edge],
     c: DiscoverConfig,
+    n_circuit: int | None = None,
 ) -> dict[str, Any]:
     """The circuit's graph attributes that say how far it can be trusted: which nodes and
     edges were verified exactly, the bound on the rest (absolute, as a fraction of the gap,
@@ -517,18 +518,28 @@ def trust_attrs(
             "nodes": [] if verification is None else [n.id for n in verification.nodes],
             "edges": [e.id for e in verified_edges],
             "cost": cost.to_json(),
-            "summary": _trust_summary(verification, d, cost, len(verified_edges)),
+            "summary": _trust_summary(verification, d, cost, len(verified_edges), n_circuit),
             "caveat": CAVEAT,
         },
         "diagnosis": None if d is None else d.to_json(k=10),
     }
 
 
-def _trust_summary(v: Verification | None, d: Diagnosis | None, cost: Cost, n_edges: int) -> str:
+def _trust_summary(
+    v: Verification | None, d: Diagnosis | None, cost: Cost, n_edges: int, n_circuit: int | None
+) -> str:
     parts = [v.summary() if v is not None else "No node was verified exactly."]
     if d is not None:  # the bound in the gap's units, with the caveat said once
         parts = [parts[0].replace(" " + d.caveat, ""), d.summary()]
-    parts.append(f"The circuit's {plural(n_edges, 'edge')} were verified by exact edge patching.")
+    if n_circuit is not None and n_circuit > n_edges:  # --verify-edges capped it
+        parts.append(
+            f"{n_edges} of the circuit's {plural(n_circuit, 'edge')} (the largest by |score|) "
+            "were verified by exact edge patching."
+        )
+    else:
+        parts.append(
+            f"The circuit's {plural(n_edges, 'edge')} were verified by exact edge patching."
+        )
     parts.append(cost.summary() + ".")
     return " ".join(parts)
 

@@ -135,7 +135,8 @@ def _trust_section(found: Any) -> list[str]:
             f"- verified exactly ({how}{', ' + v.asked if v.asked else ''}): "
             f"**{plural(len(v.nodes), 'node')}** (table below; `verified: true` and `exact` "
             "in circuit.json) and "
-            f"**{plural(n_edges, 'circuit edge')}** (column *exact* under Circuit edges)"
+            f"**{plural(n_edges, 'circuit edge')}** of {g['n_edges']} (the largest by |score|; "
+            "column *exact* under Circuit edges)"
         )
         if v.threshold is not None:
             outcome = {

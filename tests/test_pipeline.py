@@ -114,6 +114,9 @@ def test_a_fixed_rule_and_a_cap_on_verified_edges(induction) -> None:
     top = sorted(cg.circuit_edges(g), key=lambda e: -fixed.edge_scores[e][1])[:2]
     assert sorted(verified) == sorted((e.src.id, e.dst.id) for e in top)
     assert g.graph["verification"]["edges"] == [e.id for e in top]
+    n = g.graph["n_edges"]
+    summary = g.graph["verification"]["summary"]
+    assert f"2 of the circuit's {n} edges (the largest by |score|) were verified" in summary
 
 
 def test_an_unreachable_target_says_so(induction) -> None:
