@@ -87,12 +87,14 @@ def _selection_line(g: Mapping[str, Any]) -> str:
     added = sel.get("completion")
     done = f"; {plural(added, 'edge')} added to complete paths" if added else ""
     if rule == "target":
-        grown = g.get("node_growth") or []
+        tries = [
+            f"{x['keep_nodes']} nodes F = {_f3(x['faithfulness'] or 0.0)}"
+            for x in g.get("node_growth") or []
+        ]
         tried = (
-            " The kept nodes were doubled while all their edges missed the target: "
-            + ", ".join(f"{x['keep_nodes']} nodes F = {_f(x['faithfulness'])}" for x in grown)
-            + "."
-            if grown
+            f" The kept nodes were doubled while all their edges missed the target: "
+            f"{', '.join(tries)}."
+            if tries
             else ""
         )
         ranked = g.get("ranked_by", "signed")
@@ -251,15 +253,15 @@ def faithfulness_png(
 ) -> bytes:
     """The faithfulness curve as a PNG (matplotlib, no global pyplot state).
 
-        ``curve`` holds (edges, F) points of the ranking by |score|; ``mib`` (``MIBScores.to_json()``)
-        adds the curve of the ranking by signed contribution and CPR/CMD; ``circuit_size`` marks
-        the circuit; ``search`` (the circuit's ``search`` attribute) adds the circuits the target search
-    evaluated, its target and the one it chose. Sizes run on a log axis, so the empty circuit
-    (F = 0) is left out.
+    ``curve`` holds (edges, F) points of the ranking by |score|; ``mib`` (``MIBScores.to_json()``)
+    adds the curve of the ranking by signed contribution and CPR/CMD; ``circuit_size`` marks
+    the circuit; ``search`` (the circuit's ``search`` attribute) adds the circuits the target
+    search evaluated, its target and the one it chose. Sizes run on a log axis, so the empty
+    circuit (F = 0) is left out.
 
-        Example:
-            >>> faithfulness_png([(1, 0.2), (10, 0.7), (100, 1.0)], circuit_size=10)[:4]
-            b'\\x89PNG'
+    Example:
+        >>> faithfulness_png([(1, 0.2), (10, 0.7), (100, 1.0)], circuit_size=10)[:4]
+        b'\\x89PNG'
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -312,7 +314,3 @@ def _search_points(ax: Any, search: Mapping[str, Any]) -> None:
     if search.get("n_edges") and search.get("faithfulness") is not None:
         ax.plot([search["n_edges"]], [search["faithfulness"]], "*", color="#d03030", ms=14,
                 label=f"this circuit: {plural(int(search['n_edges']), 'edge')}")  # fmt: skip
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"

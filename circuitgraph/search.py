@@ -124,8 +124,10 @@ def search_prefix(
 ) -> Search:
     """Search the prefixes ``1..n_ranked`` of a ranking for the smallest that reaches ``target``.
 
-    ``size(k)`` is the circuit size of prefix k (non-decreasing in k) and ``evaluate(ks)``
-    the faithfulness of the prefixes ``ks``, run together.
+    ``size(k)`` is the circuit size of prefix k and ``evaluate(ks)`` the faithfulness of the
+    prefixes ``ks``, run together. The longest prefix within ``max_edges`` is found by
+    bisection on ``size``, which assumes it rarely falls as k grows (path completion can make
+    a longer prefix's circuit a few edges smaller); the chosen prefix always fits.
 
     Example:
         >>> f = lambda k: min(k / 50, 1.0)  # F rises with the prefix
