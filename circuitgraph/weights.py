@@ -52,6 +52,16 @@ class AttnWeights:
         return {"q": self.b_Q, "k": self.b_K, "v": self.b_V}[kind][layer]
 
 
+# Stacked weights kept per model while its parameters stay the same tensors at the same
+# version (an in-place write bumps the version, ``.to()`` or a new tensor moves it): stacking
+# costs the bridge more than a small model's forward pass. Only small stacks are kept, so a
+# large model never holds a second copy of its attention weights between calls.
+_STACKED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], AttnWeights]] = (
+    weakref.WeakKeyDictionary()
+)
+_KEEP_BYTES = 256 * 2**20
+
+
 def attn_weights(model: Any) -> AttnWeights:
     """Read W_Q, W_K, W_V, W_O and their biases from a ``TransformerBridge`` (detached,
     model dtype/device).
@@ -61,6 +71,22 @@ def attn_weights(model: Any) -> AttnWeights:
         >>> w.W_O.shape  # doctest: +SKIP
         torch.Size([2, 4, 8, 32])
     """
+    stamp = _stamp(model)
+    kept = _STACKED.get(model)
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    weights = _stack(model)
+    if sum(t.numel() * t.element_size() for t in vars(weights).values()) <= _KEEP_BYTES:
+        _STACKED[model] = (stamp, weights)
+    return weights
+
+
+def _stamp(model: Any) -> tuple[Any, ...]:
+    """Which tensors the parameters are and how often each was written in place."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def _stack(model: Any) -> AttnWeights:
     with torch.no_grad():
         mats = [model.W_Q.detach(), model.W_K.detach(), model.W_V.detach(), model.W_O.detach()]
         biases = [
@@ -182,12 +208,23 @@ def _layer_norm_vjp(norm: Any, x: Tensor, g: Tensor) -> Tensor:
 
 
 def _project_out(norm: Any, x_hat: Tensor, inv_scale: Tensor, g: Tensor, centre: bool) -> Tensor:
+    """(ĝ − [mean ĝ] − x̂ · mean(ĝ ⊙ x̂)) · inv_scale, ĝ = w ⊙ g, for v cotangents at once.
+
+    The means are dot products of g with w and w ⊙ x̂, and the rest is done in place, so
+    the only [v, b, t, d] tensors made are the result and one product (this runs once per
+    norm for every target behind it: EAP's largest cost after the model's own passes).
+    """
     weight = getattr(norm, "weight", None)
-    g_hat = _wide(g) if weight is None else _wide(g) * weight.detach().to(x_hat.dtype)
+    gf = _wide(g)
+    d = gf.shape[-1]
+    w = None if weight is None else weight.detach().to(x_hat.dtype)
+    out = gf.clone() if w is None else gf * w
     if centre:
-        g_hat = g_hat - g_hat.mean(-1, keepdim=True)
-    g_hat = g_hat - x_hat * (g_hat * x_hat).mean(-1, keepdim=True)
-    return (g_hat * inv_scale).to(g.dtype)
+        out.sub_((gf.sum(-1) if w is None else gf @ w).unsqueeze(-1) / d)
+    # centred, x̂ has mean 0, so mean(ĝ ⊙ x̂) needs no centring of ĝ first
+    wx = x_hat if w is None else x_hat * w
+    out.addcmul_(x_hat, (gf * wx).sum(-1, keepdim=True), value=-1.0 / d)
+    return out.mul_(inv_scale).to(g.dtype)
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -238,6 +275,14 @@ def _head_writes(
     return torch.einsum("bthe,hed->bthd", z, weights.W_O[layer].to(z.dtype))
 
 
+def _head_moves(
+    base: dict[str, Tensor], src: dict[str, Tensor], layer: int, weights: AttnWeights
+) -> Float[Tensor, "b t h d"]:
+    """Each head's change of its write, (z_h' − z_h)·W_O[h]: one product of the difference."""
+    z = hooks.z(layer)
+    return torch.einsum("bthe,hed->bthd", src[z] - base[z], weights.W_O[layer].to(base[z].dtype))
+
+
 def _head_deltas(
     model: Any,
     arch: Arch,
@@ -246,7 +291,7 @@ def _head_deltas(
     layer: int,
     weights: AttnWeights,
 ) -> Float[Tensor, "b t h d"]:
-    moved = _head_writes(src, layer, weights) - _head_writes(base, layer, weights)
+    moved = _head_moves(base, src, layer, weights)
     post = arch.post_norm_module(model, layer)
     if post is None:
         return moved
@@ -299,7 +344,7 @@ class SourceGaps:
         nodes = [self.sources[i] for i in cols]
         if self.joint and nodes[0].kind == "head":
             layer, w = nodes[0].layer, self.weights
-            self.moved[layer] = _head_writes(self.src, layer, w) - _head_writes(live, layer, w)
+            self.moved[layer] = _head_moves(live, self.src, layer, w)
             self.write[layer] = _attn_write(live, layer, w)
             return
         d = source_deltas(self.model, live, self.src, nodes, self.weights)

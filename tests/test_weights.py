@@ -90,3 +90,29 @@ def test_a_scale_the_formula_cannot_read_keeps_autograd():
         norm.w.mul_(3.0)
     want = torch.stack([torch.autograd.functional.vjp(norm, x, gi)[1] for gi in g])
     assert torch.allclose(W.norm_vjp(norm, x, g), want, atol=1e-5)
+
+
+def test_stacked_weights_follow_every_change_of_the_parameters(tiny_gpt2):
+    # attn_weights keeps a small model's stacks between calls; a write in place, a new
+    # tensor or a dtype change must each give the model's current weights, never the kept ones
+    model, _ = tiny_gpt2
+    first = W.attn_weights(model)
+    assert W.attn_weights(model) is first  # nothing changed: the kept stacks
+    w_o = model.blocks[1].attn.o.weight
+    try:
+        with torch.no_grad():
+            w_o.mul_(2.0)
+        doubled = W.attn_weights(model)
+        assert doubled is not first
+        assert torch.allclose(doubled.W_O[1], 2 * first.W_O[1])
+        assert torch.equal(doubled.W_Q, first.W_Q)
+        old = w_o.data
+        w_o.data = old / 2.0
+        assert torch.allclose(W.attn_weights(model).W_O[1], first.W_O[1])
+        model.to(torch.float64)
+        assert W.attn_weights(model).W_O.dtype == torch.float64
+    finally:
+        model.to(torch.float32)
+        with torch.no_grad():
+            w_o.copy_(old / 2.0)
+    assert torch.equal(W.attn_weights(model).W_O, first.W_O)

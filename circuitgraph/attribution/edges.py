@@ -140,16 +140,19 @@ def _integrated_batch(
 
 
 def _contract(
-    delta: Float[Tensor, "b t s d"], grads: Float[Tensor, "v b t d"]
+    flat: Float[Tensor, "s btd"], grads: Float[Tensor, "v b t d"]
 ) -> Float[Tensor, "s v"]:
     """Σ_{b,t} Δout_u · g_v for all (u, v) of a tile at once: one matrix product.
 
     Products of edges that do not exist inside a tile are computed too and masked by the
     caller: one large product is faster than one per target over only its sources.
     """
-    b, t, s, d = delta.shape
-    flat = delta.permute(2, 0, 1, 3).reshape(s, b * t * d)
-    return (flat @ grads.to(delta.dtype).reshape(grads.shape[0], b * t * d).T).double()
+    return (flat @ grads.to(flat.dtype).reshape(grads.shape[0], -1).T).double()
+
+
+def _flat(delta: Float[Tensor, "b t s d"]) -> Float[Tensor, "s btd"]:
+    """Δout with one row per source, the layout the contraction multiplies (one copy)."""
+    return delta.permute(2, 0, 1, 3).reshape(delta.shape[2], -1)
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,9 @@ class _Tiles:
 
     Sources go in chunks of whole layers; when they all fit in half the budget their
     outputs are made once per batch, else once per target block. Targets come one norm at
-    a time and are merged into blocks that fill the rest. A tile where no source can feed
-    any target (a later layer into an earlier one) is skipped.
+    a time (merged into blocks that fill the rest when sources must be remade). Sources
+    after a block's targets feed none of them and are not multiplied; a tile where no
+    source can feed any target (a later layer into an earlier one) is skipped.
     """
 
     model: Any
@@ -204,9 +208,9 @@ class _Tiles:
             return replace(tiles, cached=[tiles.delta(chunks[0])])
         return tiles
 
-    def delta(self, rows: slice) -> Float[Tensor, "b t s d"]:
-        return source_deltas(
-            self.model, self.base, self.src, self.cands.sources[rows], self.weights
+    def delta(self, rows: slice) -> Float[Tensor, "s btd"]:
+        return _flat(
+            source_deltas(self.model, self.base, self.src, self.cands.sources[rows], self.weights)
         )
 
     def contract(self, point: _Point) -> Float[Tensor, "s v"]:
@@ -214,13 +218,26 @@ class _Tiles:
             len(self.cands.sources), len(self.cands.targets), dtype=torch.float64,
             device=self.base[hooks.embed].device,
         )  # fmt: skip
-        for cols, grads in _merged(point.blocks(), self.per_block):
+        # Δout made once: each target block is multiplied as it comes (no merging copy);
+        # else blocks are merged so that Δout is remade as few times as the budget allows
+        blocks = point.blocks()
+        if self.cached is None:
+            blocks = _merged(blocks, self.per_block)
+        for cols, grads in blocks:
             for i, rows in enumerate(self.chunks):
-                if not bool(self.cands.valid[rows][:, cols].any()):
+                used = _used_rows(self.cands.valid[rows][:, cols])
+                if used == 0:
                     continue
                 delta = self.cached[i] if self.cached is not None else self.delta(rows)
-                total[rows, cols] += _contract(delta, grads)
+                total[rows.start : rows.start + used, cols] += _contract(delta[:used], grads)
         return total
+
+
+def _used_rows(valid: Tensor) -> int:
+    """How many leading rows of a tile hold an edge (sources come in layer order, so the
+    ones after the targets' layer feed none of them and are not multiplied)."""
+    rows = valid.any(1).nonzero()
+    return int(rows.max()) + 1 if len(rows) else 0
 
 
 def _budget(max_memory: float | None, like: Tensor) -> float:

@@ -122,15 +122,19 @@ def moved_logits(
 
 
 def base_logits(
-    scores: Tensor | None, pattern: Float[Tensor, "b h t s"], work: torch.dtype
+    scores: Tensor | None,
+    pattern: Float[Tensor, "b h t s"],
+    work: torch.dtype,
+    log_a: Float[Tensor, "b h t s"] | None = None,
 ) -> Float[Tensor, "b h t s"]:
     """The clean scores up to a constant per row, −inf where the model masks a key.
 
     The pre-softmax scores where the bridge reports them and they reproduce the pattern
     (they keep keys whose probability underflows to 0 readable), else log A. Rows with no
-    readable key become 0, and every change there 0.
+    readable key become 0, and every change there 0. ``log_a``: log A when already at hand.
     """
-    log_a = pattern.to(work).clamp(min=0).log()
+    if log_a is None:
+        log_a = pattern.to(work).clamp(min=0).log()
     s = log_a
     if scores is not None and scores.shape == pattern.shape and not torch.equal(scores, pattern):
         sc = scores.to(work)
@@ -152,13 +156,15 @@ def check_layer(
     noise: tuple[Tensor, Tensor, Tensor],
     z_v: tuple[Tensor, Tensor],
     method: str,
+    log_clean: Float[Tensor, "b h t s"] | None = None,
 ) -> None:
     """Refuse the QK fix where the model's attention is not f(c·q·k) + a fixed bias.
 
     ``clean``/``noise``: (pattern, q, k) of each run (q, k as the scores use them);
     ``z_v``: the clean z and v. Two identities must hold to rounding: z = A·v, and the
     change of log A between the runs equals the change of f(c·q·k), up to a constant per
-    row (a fixed position bias cancels). ``method`` names what to use instead.
+    row (a fixed position bias cancels). ``method`` names what to use instead;
+    ``log_clean``: log A of the clean run when already at hand.
     """
     (a_c, q_c, k_c), (a_n, q_n, k_n) = clean, noise
     work = torch.promote_types(a_c.dtype, torch.float32)
@@ -173,7 +179,8 @@ def check_layer(
     raw_c = scale * qk_dot(q_c.to(work), k_c.to(work))
     raw_n = scale * qk_dot(q_n.to(work), k_n.to(work))
     want = arch.softcap(raw_n) - arch.softcap(raw_c) if cap is not None else raw_n - raw_c
-    log_c, log_n = a_c.to(work).log(), a_n.to(work).log()
+    log_c = a_c.to(work).clamp(min=0).log() if log_clean is None else log_clean
+    log_n = a_n.to(work).log()
     both = torch.isfinite(log_c) & torch.isfinite(log_n)
     got = _row_centred(log_n - log_c, both)
     want = _row_centred(want, both)
@@ -469,12 +476,13 @@ def layer_attention(
     q_c, k_c = arch.used_qk(model, layer, clean)
     q_n, k_n = arch.used_qk(model, layer, noise, clean)
     a_c, a_n = clean[hooks.pattern(layer)], noise[hooks.pattern(layer)]
+    work = torch.promote_types(a_c.dtype, torch.float32)
+    log_a = a_c.to(work).clamp(min=0).log()  # read by the check and the base scores alike
     check_layer(
         arch, layer, (a_c, q_c, k_c), (a_n, q_n, k_n),
-        (clean[hooks.z(layer)], clean[hooks.v(layer)]), method,
+        (clean[hooks.z(layer)], clean[hooks.v(layer)]), method, log_a,
     )  # fmt: skip
-    work = torch.promote_types(a_c.dtype, torch.float32)
-    s = base_logits(clean.get(hooks.scores(layer)), a_c, work)
+    s = base_logits(clean.get(hooks.scores(layer)), a_c, work, log_a)
     cos, sin = arch.cos_sin(model, layer, clean, q_c.shape[1], q_c) if tables else (None, None)
     return LayerAttention(
         s, s.softmax(-1), s.argmax(-1, keepdim=True), q_c.to(work), k_c.to(work),

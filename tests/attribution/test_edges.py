@@ -286,7 +286,7 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     point, _, _ = run(mid, ())
     grads = input_grads(model, point.groups, point.grads, point.acts, w, len(cands.targets), mid)
     delta = E.source_deltas(model, acts_base, acts_src, cands.sources, w)
-    want = E._contract(delta, grads) / 2 / len(pairs) * cands.valid
+    want = E._contract(E._flat(delta), grads) / 2 / len(pairs) * cands.valid
     assert torch.allclose(two.signed, want, atol=1e-6)
 
 
