@@ -229,15 +229,36 @@ def attached(
 ) -> Iterator[Any]:
     """Attach forward/backward hooks for the duration of the block; refuse train mode.
 
-    The bridge removes them on exit, on error too.
+    The bridge removes them on exit, on error too. A backward hook ``fn(grad, hook)`` sees
+    the gradient of the hook point's output and may return a replacement, as the bridge's
+    own backward hooks do, but is attached as a gradient hook on that output (see
+    :func:`_grad_hook`): the bridge's are module full-backward hooks, which wrap every
+    hooked module's forward and cost a small model about 15% of a forward + backward.
 
     Example:
         >>> with attached(model, fwd=[(name, fn)]):  # doctest: +SKIP
         ...     model(tokens)
     """
     require_eval(model)
-    with model.hooks(fwd_hooks=list(fwd), bwd_hooks=list(bwd)):
+    hooked = [*fwd, *((name, _grad_hook(fn)) for name, fn in bwd)]
+    with model.hooks(fwd_hooks=hooked):
         yield model
+
+
+def _grad_hook(fn: HookFn) -> HookFn:
+    """A forward hook that passes its activation on as a view whose gradient goes through
+    ``fn``: the view makes the gradient that of this hook point's output only (the same
+    tensor may be read elsewhere too), and ``fn``'s return value replaces it, as in a
+    backward hook. Runs without gradient leave it unattached."""
+
+    def hook(act: Tensor, hook: Any) -> Tensor | None:
+        if not (isinstance(act, Tensor) and act.requires_grad):
+            return None
+        out = act.view_as(act)
+        out.register_hook(lambda grad: fn(grad, hook))
+        return out
+
+    return hook
 
 
 def keep(store: dict[str, Tensor], name: str, detach: bool = True) -> HookFn:

@@ -67,6 +67,54 @@ def test_hooks_are_removed_on_error(tiny_gpt2) -> None:
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
 
 
+def _grads_by(model, tokens, bwd, through_bridge: bool) -> dict[str, torch.Tensor]:
+    """Gradients at the hooks of ``bwd`` (and of the embedding) of the summed logits, with
+    the backward hooks attached by ``attached`` or by the bridge's own backward hooks."""
+    leaf: list[torch.Tensor] = []
+
+    def make_leaf(act, hook):
+        leaf.append(act.detach().requires_grad_(True))
+        return leaf[0]
+
+    got: dict[str, torch.Tensor] = {}
+
+    def store(name):
+        def hook(grad, hook):
+            got[name] = grad.clone()
+
+        return hook
+
+    hooked = [(n, store(n)) for n in (hooks.z(0), hooks.z(1), hooks.resid_pre(1))] + bwd
+    if through_bridge:
+        context = model.hooks(fwd_hooks=[(hooks.embed, make_leaf)], bwd_hooks=hooked)
+    else:
+        context = attached(model, fwd=[(hooks.embed, make_leaf)], bwd=hooked)
+    with torch.enable_grad(), context:
+        model(tokens)[:, -1].sum().backward()
+    return {**got, "embed": leaf[0].grad}
+
+
+def test_backward_hooks_see_and_replace_what_the_bridges_own_do(tiny_gpt2) -> None:
+    # attached() reads gradients with tensor hooks on each hook point's output (cheaper than
+    # the bridge's module backward hooks); the gradients seen, and the effect of a hook that
+    # replaces one (GradDrop's cut), must be the bridge's own
+    model, _ = tiny_gpt2
+    tokens = random_pairs(2).clean
+    cut = [(hooks.attn_out(0), lambda grad, hook: torch.zeros_like(grad))]
+    seen = {}
+    for name, bwd in (("plain", []), ("cut", cut)):
+        seen[name] = ours = _grads_by(model, tokens, bwd, through_bridge=False)
+        theirs = _grads_by(model, tokens, bwd, through_bridge=True)
+        assert set(ours) == set(theirs)
+        for hook_name, grad in theirs.items():
+            assert torch.allclose(ours[hook_name], grad, atol=1e-6), (name, hook_name)
+    # the cut changes what flows below it (else the comparison above proves little)
+    assert not torch.allclose(seen["cut"]["embed"], seen["plain"]["embed"])
+    with torch.no_grad(), attached(model, bwd=[(hooks.z(0), lambda g, h: 1 / 0)]):
+        model(tokens)  # no gradient in the run: the hook is never attached, nothing fails
+    assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
 def test_the_reference_is_always_the_clean_distribution(tiny_gpt2) -> None:
     model, _ = tiny_gpt2
     pairs = random_pairs(3)
