@@ -37,6 +37,8 @@ __all__ = [
     "HookSite",
     "Rotary",
     "TargetSite",
+    "bridge_hooks",
+    "hook_point",
     "hooks",
 ]
 
@@ -710,3 +712,42 @@ def _has_bias(model: Any, which: str) -> bool:
     except (AttributeError, RuntimeError, KeyError):
         return False
     return isinstance(bias, Tensor) and bool(bias.detach().abs().max() > 0)
+
+
+# --------------------------------------------------------------------------------------
+# Hook points by name
+# --------------------------------------------------------------------------------------
+
+_POINTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def bridge_hooks(model: Any) -> bool:
+    """Whether the model finds hook points by name as the TransformerBridge does (looked up
+    on its class: the bridge's table of hook points is a property that builds it anew).
+
+    Example:
+        >>> bridge_hooks(torch.nn.Linear(1, 1))
+        False
+    """
+    kind = type(model)
+    return all(hasattr(kind, a) for a in ("_resolve_hook_point", "check_hooks_to_add"))
+
+
+def hook_point(model: Any, name: str) -> Any:
+    """The bridge's hook point for ``name`` (an alias resolves to its canonical point),
+    refused as the bridge refuses it (unknown, not fired by this backend); looked up once
+    per model and name, since the bridge builds its whole table for every lookup.
+
+    Example:
+        >>> hook_point(model, hooks.embed).name  # doctest: +SKIP
+        'embed.hook_out'
+    """
+    points = _POINTS.setdefault(model, {})
+    if name not in points:
+        from transformer_lens.model_bridge.bridge_core import build_alias_to_canonical_map
+
+        table = model.hook_dict
+        points[name] = model._resolve_hook_point(name, build_alias_to_canonical_map(table), table)[
+            1
+        ]
+    return points[name]

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitgraph.arch import hooks
+from circuitgraph.arch import bridge_hooks, hook_point, hooks
 from circuitgraph.errors import CircuitGraphWarning, ConfigError
 from circuitgraph.model import require_eval
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, get_metric, widen
@@ -229,7 +229,7 @@ def attached(
 ) -> Iterator[Any]:
     """Attach forward/backward hooks for the duration of the block; refuse train mode.
 
-    The bridge removes them on exit, on error too. A backward hook ``fn(grad, hook)`` sees
+    They are removed on exit, on error too. A backward hook ``fn(grad, hook)`` sees
     the gradient of the hook point's output and may return a replacement, as the bridge's
     own backward hooks do, but is attached as a gradient hook on that output (see
     :func:`_grad_hook`): the bridge's are module full-backward hooks, which wrap every
@@ -241,8 +241,25 @@ def attached(
     """
     require_eval(model)
     hooked = [*fwd, *((name, _grad_hook(fn)) for name, fn in bwd)]
-    with model.hooks(fwd_hooks=hooked):
+    if not bridge_hooks(model):
+        with model.hooks(fwd_hooks=hooked):
+            yield model
+        return
+    # the bridge's own hooks() rebuilds its table of every hook point and alias on each
+    # entry (twice: forward and backward lists), which costs a small model more than half a
+    # forward pass: the points are looked up once per model (arch.hook_point) and hooked here
+    added: list[tuple[Any, Any]] = []
+    try:
+        for name, fn in hooked:
+            point = hook_point(model, name)
+            # the gate is a switch of the model's config: asked on every attachment
+            model.check_hooks_to_add(point, point.name or name, fn, dir="fwd")
+            added.append((point, point.add_hook(fn, dir="fwd")))
         yield model
+    finally:
+        for point, handle in reversed(added):
+            handle.hook.remove()
+            point.fwd_hooks[:] = [h for h in point.fwd_hooks if h is not handle]
 
 
 def _grad_hook(fn: HookFn) -> HookFn:
@@ -813,12 +830,13 @@ def clean_run(
     fwd += [(n, rec.act(n, clean_only=True)) for n in plan.clean_only]
     bwd: list[tuple[str, HookFn]] = [(n, keep(rec.grads, n, detach=False)) for n in plan.grad_names]
     bwd += [(name, dropper.hook(layer)) for layer, name in plan.drop_hooks]
-    with attached(model, fwd=fwd):
+    # one attachment for both runs (attaching costs the bridge more than a small model's
+    # forward); the backward hooks take effect in the clean run only, the one with gradient
+    with attached(model, fwd=fwd, bwd=bwd):
         with torch.no_grad():
             noise_logits = answer_logits(model(batch.corrupt), batch)
         noise = rec.start_clean()
-        # Backward hooks slow a forward down; only the clean run needs them.
-        with torch.enable_grad(), attached(model, bwd=bwd):
+        with torch.enable_grad():
             logits = answer_logits(model(batch.clean), batch)
             # KL compares with the clean distribution: this run's in noising, else the other.
             reference = clean_reference(

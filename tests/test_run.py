@@ -115,6 +115,35 @@ def test_backward_hooks_see_and_replace_what_the_bridges_own_do(tiny_gpt2) -> No
     assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
+def test_attaching_refuses_what_the_bridge_refuses_and_leaves_nothing_behind(tiny_gpt2) -> None:
+    # attached() resolves names through the bridge once per model and attaches directly:
+    # an unknown name must still fail (undoing what was attached before it), and a hook
+    # point the model's config gates off must be refused on every attachment
+    model, _ = tiny_gpt2
+
+    def noop(act, hook):
+        return None
+
+    unknown = [(hooks.embed, noop), ("blocks.0.hook_nonsense", noop)]
+    with pytest.raises(KeyError, match="does not exist"), attached(model, fwd=unknown):
+        pass
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+    gated = "blocks.0.attn.hook_result"
+    try:
+        model.set_use_attn_result(True)
+        with attached(model, fwd=[(gated, noop)]):
+            assert model.hook_dict[gated].fwd_hooks
+        model.set_use_attn_result(False)
+        with (
+            pytest.raises(ValueError, match="use_attn_result"),
+            attached(model, fwd=[(gated, noop)]),
+        ):
+            pass
+    finally:
+        model.set_use_attn_result(False)
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+
+
 def test_the_reference_is_always_the_clean_distribution(tiny_gpt2) -> None:
     model, _ = tiny_gpt2
     pairs = random_pairs(3)

@@ -31,7 +31,7 @@ from circuitgraph.attribution.edge_grads import (
 from circuitgraph.attribution.registry import register
 from circuitgraph.errors import ConfigError
 from circuitgraph.nodes import Node
-from circuitgraph.run import HookFn, RunOptions, attached, capture, clean_reference, keep
+from circuitgraph.run import HookFn, RunOptions, attached, clean_reference, keep
 from circuitgraph.scores import EdgeScores
 from circuitgraph.tasks.metrics import Metric, answer_logits, check_finite, widen
 from circuitgraph.tasks.pairs import PromptPairs
@@ -124,10 +124,9 @@ def _integrated_batch(
     base, src = (batch.clean, batch.corrupt) if mode == "noising" else (batch.corrupt, batch.clean)
     arch = Arch.of(model)
     names = sorted({arch.source_hook(s) for s in cands.sources} | {hooks.embed})
-    acts_src = capture(model, src, names)
     reference = None if mode == "noising" else clean_reference(model, batch, metric)
     run = _GradRun(model, base, batch, metric, reference, cands, weights)
-    point, acts_base, logits = run(None, names)
+    point, acts_base, logits, acts_src = run(None, names, src)
     if reference is None:
         # noising: the base run is the clean run, the reference for every later point
         run = replace(run, reference=clean_reference(model, batch, metric, logits))
@@ -306,33 +305,53 @@ class _GradRun:
     weights: AttnWeights
 
     def __call__(
-        self, embed: Tensor | None, record: Sequence[str]
-    ) -> tuple[_Point, dict[str, Tensor], Tensor]:
+        self, embed: Tensor | None, record: Sequence[str], src: Tensor | None = None
+    ) -> tuple[_Point, dict[str, Tensor], Tensor, dict[str, Tensor]]:
         """The gradients that give ∂L/∂in_v of every candidate target at the run whose
         token embedding is ``embed`` (None: the tokens' own), the activations at the hooks
-        named in ``record``, and the answer logits."""
+        named in ``record``, the answer logits, and, given ``src`` tokens, the activations
+        at ``record`` of a forward of those first (no gradient; one attachment of the
+        hooks serves both runs)."""
         arch = Arch.of(self.model)
         groups = target_groups(self.cands.targets)
         grad_names = sorted({arch.grad_hook(g.kind, g.layer) for g in groups})
         norm_inputs = {n for g in groups if (n := arch.norm_input_hook(g.kind, g.layer))}
         norm_inputs |= set(joint_norm_acts(arch, groups))
         acts: dict[str, Tensor] = {}
+        src_acts: dict[str, Tensor] = {}
+        into = [acts if src is None else src_acts]  # where the forward hooks record now
+        wanted = set(record)
         grads: dict[str, Tensor] = {}
         leaf: list[Tensor] = []
 
-        def make_leaf(act: Tensor, hook: Any) -> Tensor:
-            acts[hooks.embed] = act.detach()
+        def make_leaf(act: Tensor, hook: Any) -> Tensor | None:
+            into[0][hooks.embed] = act.detach()
+            if into[0] is src_acts:
+                return None
             leaf.append((act if embed is None else embed).detach().requires_grad_(True))
             return leaf[0]
 
+        def rec(name: str) -> HookFn:
+            def hook(act: Tensor, hook: Any) -> None:
+                if into[0] is acts or name in wanted:
+                    into[0][name] = act.detach()
+
+            return hook
+
         fwd: list[tuple[str, HookFn]] = [(hooks.embed, make_leaf)]
-        fwd += [(n, keep(acts, n)) for n in sorted((norm_inputs | set(record)) - {hooks.embed})]
+        fwd += [(n, rec(n)) for n in sorted((norm_inputs | set(record)) - {hooks.embed})]
         bwd = [(n, keep(grads, n)) for n in grad_names]
-        with torch.enable_grad(), attached(self.model, fwd=fwd, bwd=bwd):
-            logits = answer_logits(self.model(self.tokens), self.batch)
-            ref = self.reference
-            if ref is None:  # noising: this run is the clean reference
-                ref = clean_reference(self.model, self.batch, self.metric, logits)
-            values = check_finite(widen(self.metric(logits, self.batch, ref)))
-            torch.autograd.grad(values.sum(), leaf)
-        return _Point(self.model, groups, grads, acts, self.weights), acts, logits.detach()
+        with attached(self.model, fwd=fwd, bwd=bwd):
+            if src is not None:
+                with torch.no_grad():
+                    self.model(src)
+                into[0] = acts
+            with torch.enable_grad():
+                logits = answer_logits(self.model(self.tokens), self.batch)
+                ref = self.reference
+                if ref is None:  # noising: this run is the clean reference
+                    ref = clean_reference(self.model, self.batch, self.metric, logits)
+                values = check_finite(widen(self.metric(logits, self.batch, ref)))
+                torch.autograd.grad(values.sum(), leaf)
+        point = _Point(self.model, groups, grads, acts, self.weights)
+        return point, acts, logits.detach(), src_acts

@@ -281,9 +281,9 @@ def test_eap_ig_with_kl_reads_the_clean_reference_at_every_point(tiny_gpt2):
     acts_src = capture(model, batch.corrupt, names)
     ref = clean_reference(model, batch, get_metric("kl"))
     run = E._GradRun(model, batch.clean, batch, get_metric("kl"), ref, cands, w)
-    _, acts_base, _ = run(None, names)
+    _, acts_base, _, _ = run(None, names)
     mid = acts_src[E.hooks.embed] + 0.5 * (acts_base[E.hooks.embed] - acts_src[E.hooks.embed])
-    point, _, _ = run(mid, ())
+    point, _, _, _ = run(mid, ())
     grads = input_grads(model, point.groups, point.grads, point.acts, w, len(cands.targets), mid)
     delta = E.source_deltas(model, acts_base, acts_src, cands.sources, w)
     want = E._contract(E._flat(delta), grads) / 2 / len(pairs) * cands.valid
