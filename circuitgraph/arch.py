@@ -743,11 +743,14 @@ def hook_point(model: Any, name: str) -> Any:
         'embed.hook_out'
     """
     points = _POINTS.setdefault(model, {})
-    if name not in points:
+    known = points.get(name)
+    registry = getattr(model, "_hook_registry", None)
+    if known is not None and registry is not None and registry.get(known.name) is not known:
+        known = None  # the bridge re-registered its hook points: look the name up again
+    if known is None:
         from transformer_lens.model_bridge.bridge_core import build_alias_to_canonical_map
 
         table = model.hook_dict
-        points[name] = model._resolve_hook_point(name, build_alias_to_canonical_map(table), table)[
-            1
-        ]
+        aliases = build_alias_to_canonical_map(table)
+        points[name] = model._resolve_hook_point(name, aliases, table)[1]
     return points[name]

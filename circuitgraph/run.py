@@ -240,7 +240,10 @@ def attached(
         ...     model(tokens)
     """
     require_eval(model)
-    hooked = [*fwd, *((name, _grad_hook(fn)) for name, fn in bwd)]
+    by_point: dict[str, list[HookFn]] = {}
+    for name, fn in bwd:
+        by_point.setdefault(name, []).append(fn)
+    hooked = [*fwd, *((name, _grad_hook(fns)) for name, fns in by_point.items())]
     if not bridge_hooks(model):
         with model.hooks(fwd_hooks=hooked):
             yield model
@@ -262,17 +265,26 @@ def attached(
             point.fwd_hooks[:] = [h for h in point.fwd_hooks if h is not handle]
 
 
-def _grad_hook(fn: HookFn) -> HookFn:
+def _grad_hook(fns: Sequence[HookFn]) -> HookFn:
     """A forward hook that passes its activation on as a view whose gradient goes through
-    ``fn``: the view makes the gradient that of this hook point's output only (the same
-    tensor may be read elsewhere too), and ``fn``'s return value replaces it, as in a
-    backward hook. Runs without gradient leave it unattached."""
+    the backward hooks ``fns`` of one hook point: the view makes it the gradient of this
+    point's output only (the same tensor may be read elsewhere too). As with the bridge's
+    own backward hooks, each sees the gradient as it arrives and the last one that returns
+    a tensor replaces it. Runs without gradient leave them unattached."""
 
     def hook(act: Tensor, hook: Any) -> Tensor | None:
         if not (isinstance(act, Tensor) and act.requires_grad):
             return None
+
+        def on_grad(grad: Tensor) -> Tensor | None:
+            out = None
+            for fn in fns:
+                res = fn(grad, hook)
+                out = res if res is not None else out
+            return out
+
         out = act.view_as(act)
-        out.register_hook(lambda grad: fn(grad, hook))
+        out.register_hook(on_grad)
         return out
 
     return hook

@@ -52,38 +52,19 @@ class AttnWeights:
         return {"q": self.b_Q, "k": self.b_K, "v": self.b_V}[kind][layer]
 
 
-# Stacked weights kept per model while its parameters stay the same tensors at the same
-# version (an in-place write bumps the version, ``.to()`` or a new tensor moves it): stacking
-# costs the bridge more than a small model's forward pass. Only small stacks are kept, so a
-# large model never holds a second copy of its attention weights between calls.
-_STACKED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], AttnWeights]] = (
-    weakref.WeakKeyDictionary()
-)
-_KEEP_BYTES = 256 * 2**20
-
-
 def attn_weights(model: Any) -> AttnWeights:
     """Read W_Q, W_K, W_V, W_O and their biases from a ``TransformerBridge`` (detached,
     model dtype/device).
+
+    Read anew on every call: a write through ``.data`` changes neither a parameter's
+    storage nor its version, so no cheap stamp could tell kept stacks from stale ones.
 
     Example:
         >>> w = attn_weights(model)  # doctest: +SKIP
         >>> w.W_O.shape  # doctest: +SKIP
         torch.Size([2, 4, 8, 32])
     """
-    stamp = _stamp(model)
-    kept = _STACKED.get(model)
-    if kept is not None and kept[0] == stamp:
-        return kept[1]
-    weights = _stack(model)
-    if sum(t.numel() * t.element_size() for t in vars(weights).values()) <= _KEEP_BYTES:
-        _STACKED[model] = (stamp, weights)
-    return weights
-
-
-def _stamp(model: Any) -> tuple[Any, ...]:
-    """Which tensors the parameters are and how often each was written in place."""
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+    return _stack(model)
 
 
 def _stack(model: Any) -> AttnWeights:
@@ -215,9 +196,11 @@ def _project_out(norm: Any, x_hat: Tensor, inv_scale: Tensor, g: Tensor, centre:
     norm for every target behind it: EAP's largest cost after the model's own passes).
     """
     weight = getattr(norm, "weight", None)
-    gf = _wide(g)
+    # one working dtype for every operand (at least float32): matrix products do not promote
+    work = torch.promote_types(_wide(g).dtype, x_hat.dtype)
+    gf, x_hat, inv_scale = g.to(work), x_hat.to(work), inv_scale.to(work)
     d = gf.shape[-1]
-    w = None if weight is None else weight.detach().to(x_hat.dtype)
+    w = None if weight is None else weight.detach().to(work)
     out = gf.clone() if w is None else gf * w
     if centre:
         out.sub_((gf.sum(-1) if w is None else gf @ w).unsqueeze(-1) / d)

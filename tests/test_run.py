@@ -84,7 +84,10 @@ def _grads_by(model, tokens, bwd, through_bridge: bool) -> dict[str, torch.Tenso
 
         return hook
 
-    hooked = [(n, store(n)) for n in (hooks.z(0), hooks.z(1), hooks.resid_pre(1))] + bwd
+    # attn_out(0) is also where the cut below sits: a hook there sees the gradient as it
+    # arrives, whatever another hook at the same point returns
+    seen = (hooks.z(0), hooks.z(1), hooks.resid_pre(1), hooks.attn_out(0))
+    hooked = bwd + [(n, store(n)) for n in seen]  # the cut first: it must not blind the rest
     if through_bridge:
         context = model.hooks(fwd_hooks=[(hooks.embed, make_leaf)], bwd_hooks=hooked)
     else:
