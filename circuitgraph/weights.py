@@ -64,10 +64,6 @@ def attn_weights(model: Any) -> AttnWeights:
         >>> w.W_O.shape  # doctest: +SKIP
         torch.Size([2, 4, 8, 32])
     """
-    return _stack(model)
-
-
-def _stack(model: Any) -> AttnWeights:
     with torch.no_grad():
         mats = [model.W_Q.detach(), model.W_K.detach(), model.W_V.detach(), model.W_O.detach()]
         biases = [
@@ -197,7 +193,7 @@ def _project_out(norm: Any, x_hat: Tensor, inv_scale: Tensor, g: Tensor, centre:
     """
     weight = getattr(norm, "weight", None)
     # one working dtype for every operand (at least float32): matrix products do not promote
-    work = torch.promote_types(_wide(g).dtype, x_hat.dtype)
+    work = torch.promote_types(torch.promote_types(g.dtype, torch.float32), x_hat.dtype)
     gf, x_hat, inv_scale = g.to(work), x_hat.to(work), inv_scale.to(work)
     d = gf.shape[-1]
     w = None if weight is None else weight.detach().to(work)
@@ -252,9 +248,9 @@ def source_deltas(
 
 
 def _head_writes(
-    acts: dict[str, Tensor], layer: int, weights: AttnWeights
+    z: Float[Tensor, "b t h e"], layer: int, weights: AttnWeights
 ) -> Float[Tensor, "b t h d"]:
-    z = acts[hooks.z(layer)]
+    """Each head's write z_h·W_O[h] (of a difference of z's: the change of its write)."""
     return torch.einsum("bthe,hed->bthd", z, weights.W_O[layer].to(z.dtype))
 
 
@@ -263,7 +259,7 @@ def _head_moves(
 ) -> Float[Tensor, "b t h d"]:
     """Each head's change of its write, (z_h' − z_h)·W_O[h]: one product of the difference."""
     z = hooks.z(layer)
-    return torch.einsum("bthe,hed->bthd", src[z] - base[z], weights.W_O[layer].to(base[z].dtype))
+    return _head_writes(src[z] - base[z], layer, weights)
 
 
 def _head_deltas(
@@ -287,9 +283,8 @@ def _attn_write(
     acts: dict[str, Tensor], layer: int, weights: AttnWeights
 ) -> Float[Tensor, "b t d"]:
     """The attention block's output projection o(z) = Σ_h z_h W_O[h] + b_O (before a post-norm)."""
-    return _head_writes(acts, layer, weights).sum(2) + weights.b_O[layer].to(
-        acts[hooks.z(layer)].dtype
-    )
+    z = acts[hooks.z(layer)]
+    return _head_writes(z, layer, weights).sum(2) + weights.b_O[layer].to(z.dtype)
 
 
 class SourceGaps:

@@ -227,8 +227,9 @@ class _Tiles:
                 used = _used_rows(self.cands.valid[rows][:, cols])
                 if used == 0:
                     continue
-                delta = self.cached[i] if self.cached is not None else self.delta(rows)
-                total[rows.start : rows.start + used, cols] += _contract(delta[:used], grads)
+                head = slice(rows.start, rows.start + used)
+                delta = self.cached[i][:used] if self.cached is not None else self.delta(head)
+                total[head, cols] += _contract(delta, grads)
         return total
 
 
